@@ -128,9 +128,7 @@ class AttentionMaps:
         for key, value in self.maps.items():
             i, j = key
             if not (0 <= i < self.n_images and 0 <= j < self.n_images):
-                raise ValueError(
-                    f"map {key} names an image outside 0..{self.n_images - 1}"
-                )
+                raise ValueError(f"map {key} names an image outside 0..{self.n_images - 1}")
             if value.shape != (n_tokens, n_tokens):
                 raise ValueError(
                     f"map {key} has shape {value.shape}; the grid {self.grid} needs "
@@ -152,7 +150,7 @@ class AttentionMaps:
         """The ordered cross pairs ``(i, j)``, ``i != j``, that are available."""
         return sorted(k for k in self.maps if k[0] != k[1])
 
-    def self(self, i: int) -> np.ndarray:  # noqa: A003 - the contract's name
+    def self(self, i: int) -> np.ndarray:
         """Self-attention ``A_ii`` of image ``i``, ``(N, N)`` float32, rows sum to 1."""
         return self._get(i, i)
 
