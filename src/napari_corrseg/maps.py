@@ -16,6 +16,7 @@ This module imports neither torch nor Qt.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,7 +216,7 @@ class AttentionMaps:
                     if name.startswith("map_"):
                         _, i, j = name.split("_")
                         maps[(int(i), int(j))] = np.asarray(data[name], dtype=np.float32)
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path} is not a valid attention-map file: {error}") from error
         return cls(
             tuple(meta["grid"]),

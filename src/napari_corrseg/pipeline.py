@@ -1,0 +1,488 @@
+"""Task-level functions shared by the command line and the napari widgets.
+
+Each function takes `AttentionMaps` plus image indices and returns a result
+(`napari_corrseg.results`, re-exported here) in *image pixels* (``(row, col)``,
+pixel-centred) with the `ImageGeometry` of each image, so grid-sized maps can be shown in
+napari with ``scale=geometry.scale`` and ``translate=geometry.translate``. Neither the CLI
+nor the widgets do any geometry of their own.
+
+`compute_maps` runs the engine through the disk cache (`napari_corrseg.cache`).
+
+This module imports neither torch nor Qt: the engine is passed in as an object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import CorrsegError
+from .maps import AttentionMaps
+from .results import (
+    CosegmentationResult,
+    KeypointTransfer,
+    LabelPropagation,
+    MetricMap,
+    PairResult,
+    PointQuery,
+    SegmentationResult,
+    grid_labels_to_pixels,
+    pixel_labels_to_grid,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .cache import MapCache
+
+__all__ = [
+    "CosegmentationResult",
+    "KeypointTransfer",
+    "LabelPropagation",
+    "MetricMap",
+    "PairResult",
+    "PointQuery",
+    "SegmentationResult",
+    "compute_maps",
+    "cosegment_images",
+    "grid_labels_to_pixels",
+    "match_images",
+    "pixel_labels_to_grid",
+    "propagate_label_image",
+    "query_point",
+    "segment_image",
+    "transfer_keypoints",
+]
+
+ProgressCallback = Callable[[str, float], None]
+CancelCallback = Callable[[], bool]
+
+
+def _check_index(maps: AttentionMaps, index: int, name: str) -> int:
+    if not 0 <= int(index) < maps.n_images:
+        raise CorrsegError(
+            f"{name} image {index} does not exist; the maps hold images 0..{maps.n_images - 1}"
+        )
+    return int(index)
+
+
+def _cross(maps: AttentionMaps, i: int, j: int) -> np.ndarray:
+    if not maps.has(i, j):
+        raise CorrsegError(
+            f"no attention map for images ({i}, {j}); extract the maps with pairs that "
+            f"include ({i}, {j}) and ({j}, {i}), or with pairs='all'"
+        )
+    return maps.cross(i, j)
+
+
+def _check_points(points: np.ndarray, name: str) -> np.ndarray:
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim == 1 and points.shape == (2,):
+        points = points[None, :]
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"{name} must be (P, 2) (row, col) pixel positions, got {points.shape}")
+    if not np.isfinite(points).all():
+        raise ValueError(f"{name} contains NaN or infinite coordinates")
+    return points
+
+
+# -- tasks -----------------------------------------------------------------------------
+
+_METRIC_DESCRIPTIONS = {
+    "cycle_error": "forward-backward cycle error per source token, grid cells (lower is better)",
+    "entropy": "inverse-mapping entropy per target token, nats (lower is more certain)",
+    "density": "number of source tokens mapped to each target token (high = collapse)",
+    "nims": "entropy / log(1 + density) per target token; NaN where nothing maps",
+}
+
+
+def match_images(
+    maps: AttentionMaps,
+    source: int = 0,
+    target: int = 1,
+    *,
+    max_matches: int | None = None,
+    min_confidence: float = 0.0,
+    mutual: bool = False,
+) -> PairResult:
+    """Match a source image to a target image and compute the reliability maps.
+
+    Parameters
+    ----------
+    maps : AttentionMaps
+        Maps holding the cross pairs ``(source, target)`` and ``(target, source)``.
+    source, target : int
+        Image indices.
+    max_matches : int, optional
+        Keep at most this many matches, most confident first.
+    min_confidence : float
+        Drop matches below this confidence.
+    mutual : bool
+        Keep only mutual nearest neighbours (zero cycle error).
+
+    Returns
+    -------
+    PairResult
+    """
+    from .correspondence import inverse_mapping, match
+
+    source = _check_index(maps, source, "source")
+    target = _check_index(maps, target, "target")
+    if source == target:
+        raise CorrsegError("source and target are the same image; pick two different images")
+    a_st, a_ts = _cross(maps, source, target), _cross(maps, target, source)
+    grid = maps.grid
+    inverse = inverse_mapping(a_st, a_ts, grid)
+    found = match(
+        a_st,
+        a_ts,
+        grid,
+        mutual=mutual,
+        min_confidence=min_confidence,
+        max_matches=max_matches,
+        inverse=inverse,
+    )
+    geo_s, geo_t = maps.geometries[source], maps.geometries[target]
+    source_grid = np.asarray(found.source, dtype=np.float64).reshape(-1, 2)
+    target_grid = np.asarray(found.target, dtype=np.float64).reshape(-1, 2)
+    metric_values = {
+        "cycle_error": (inverse.cycle_error, source, geo_s),
+        "entropy": (inverse.entropy, target, geo_t),
+        "density": (inverse.density, target, geo_t),
+        "nims": (inverse.nims, target, geo_t),
+    }
+    metrics = {
+        name: MetricMap(
+            name,
+            np.asarray(values, dtype=np.float64).reshape(grid),
+            image,
+            geometry,
+            _METRIC_DESCRIPTIONS[name],
+        )
+        for name, (values, image, geometry) in metric_values.items()
+    }
+    return PairResult(
+        source=source,
+        target=target,
+        source_geometry=geo_s,
+        target_geometry=geo_t,
+        source_points=geo_s.grid_to_pixel(source_grid),
+        target_points=geo_t.grid_to_pixel(target_grid),
+        source_grid_points=source_grid,
+        target_grid_points=target_grid,
+        confidence=np.asarray(found.confidence, dtype=np.float64).reshape(-1),
+        cycle_error=np.asarray(found.cycle_error, dtype=np.float64).reshape(-1),
+        entropy=np.asarray(found.entropy, dtype=np.float64).reshape(-1),
+        ims=float(inverse.ims),
+        metrics=metrics,
+    )
+
+
+def transfer_keypoints(
+    maps: AttentionMaps, source: int, target: int, points_px: np.ndarray
+) -> KeypointTransfer:
+    """Carry keypoints given in source-image pixels to the target image.
+
+    Parameters
+    ----------
+    maps : AttentionMaps
+        Maps holding ``(source, target)`` and ``(target, source)``.
+    source, target : int
+        Image indices.
+    points_px : numpy.ndarray
+        ``(P, 2)`` keypoints ``(row, col)`` in source pixels.
+
+    Returns
+    -------
+    KeypointTransfer
+    """
+    from .correspondence import transfer_points
+
+    source = _check_index(maps, source, "source")
+    target = _check_index(maps, target, "target")
+    points_px = _check_points(points_px, "points_px")
+    geo_s, geo_t = maps.geometries[source], maps.geometries[target]
+    moved = transfer_points(
+        geo_s.pixel_to_grid(points_px),
+        _cross(maps, source, target),
+        _cross(maps, target, source),
+        maps.grid,
+    )
+    return KeypointTransfer(
+        source=source,
+        target=target,
+        source_points=points_px,
+        target_points=geo_t.grid_to_pixel(np.asarray(moved.target, dtype=np.float64)),
+        confidence=np.asarray(moved.confidence, dtype=np.float64).reshape(-1),
+        cycle_error=np.asarray(moved.cycle_error, dtype=np.float64).reshape(-1),
+        target_geometry=geo_t,
+    )
+
+
+def segment_image(
+    maps: AttentionMaps, image: int = 0, *, threshold: float | str = "auto"
+) -> SegmentationResult:
+    """Segment one image by clustering its self-attention.
+
+    Parameters
+    ----------
+    maps : AttentionMaps
+        Maps holding the self-attention of ``image``.
+    image : int
+        Image index.
+    threshold : float or "auto"
+        Merge threshold; ``"auto"`` chooses it from the data.
+
+    Returns
+    -------
+    SegmentationResult
+    """
+    from .segmentation import segment
+
+    image = _check_index(maps, image, "image")
+    result = segment(maps.self(image), maps.grid, threshold=threshold)
+    labels_grid = np.asarray(result.labels)
+    geometry = maps.geometries[image]
+    return SegmentationResult(
+        image=image,
+        labels_grid=labels_grid,
+        labels=grid_labels_to_pixels(labels_grid, geometry),
+        threshold=float(result.threshold),
+        n_segments=int(result.n_segments),
+        geometry=geometry,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn numpy scalars/arrays and tuples inside records into plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _segment_records(segments: Any) -> list[dict[str, Any]]:
+    records = []
+    for segment in segments or []:
+        if isinstance(segment, dict):
+            record = dict(segment)
+        elif hasattr(segment, "__dataclass_fields__"):
+            record = {name: getattr(segment, name) for name in segment.__dataclass_fields__}
+        else:
+            record = dict(vars(segment))
+        records.append(_jsonable(record))
+    return records
+
+
+def cosegment_images(
+    maps: AttentionMaps,
+    images: Sequence[int] | None = None,
+    *,
+    threshold: float | str = "auto",
+) -> CosegmentationResult:
+    """Co-segment a collection: label maps whose ids agree across the images.
+
+    Parameters
+    ----------
+    maps : AttentionMaps
+        Maps holding the self-attention of every image and the cross pairs between them.
+    images : sequence of int, optional
+        Which images to co-segment (default: all).
+    threshold : float or "auto"
+        Merge threshold; ``"auto"`` chooses it from the data.
+
+    Returns
+    -------
+    CosegmentationResult
+        Label ids refer to the same segment in every image; the segment table also
+        counts each segment's pixels per image.
+    """
+    from .cosegmentation import cosegment
+
+    indices = list(range(maps.n_images)) if images is None else list(images)
+    for index in indices:
+        _check_index(maps, index, "image")
+    if len(indices) < 2:
+        raise CorrsegError("co-segmentation needs at least two images")
+    self_maps = [maps.self(i) for i in indices]
+    cross_maps = {
+        (a, b): _cross(maps, i, j)
+        for a, i in enumerate(indices)
+        for b, j in enumerate(indices)
+        if a != b and maps.has(i, j)
+    }
+    if not cross_maps:
+        raise CorrsegError("no cross attention between the images; extract with pairs='all'")
+    result = cosegment(self_maps, cross_maps, maps.grid, threshold=threshold)
+    geometries = [maps.geometries[i] for i in indices]
+    labels_grid = [np.asarray(labels) for labels in result.labels]
+    labels = [grid_labels_to_pixels(lg, g) for lg, g in zip(labels_grid, geometries, strict=True)]
+    segments = _segment_records(result.segments)
+    for record in segments:
+        if "id" in record:
+            record["pixels"] = [int(np.count_nonzero(lab == record["id"])) for lab in labels]
+    return CosegmentationResult(
+        labels_grid=labels_grid,
+        labels=labels,
+        segments=segments,
+        unmatched=_jsonable(result.unmatched),
+        threshold=float(result.threshold),
+        geometries=geometries,
+    )
+
+
+def propagate_label_image(
+    maps: AttentionMaps, source: int, target: int, labels_px: np.ndarray
+) -> LabelPropagation:
+    """Carry a painted label image of the source image to the target image.
+
+    Parameters
+    ----------
+    maps : AttentionMaps
+        Maps holding ``(target, source)``.
+    source, target : int
+        Image indices.
+    labels_px : numpy.ndarray
+        ``(H, W)`` integer labels on the source image's pixels (0 = unlabelled).
+
+    Returns
+    -------
+    LabelPropagation
+    """
+    from .cosegmentation import propagate_labels
+
+    source = _check_index(maps, source, "source")
+    target = _check_index(maps, target, "target")
+    geo_s = maps.geometries[source]
+    labels_px = np.asarray(labels_px)
+    if labels_px.shape != tuple(geo_s.image_shape):
+        raise ValueError(
+            f"labels have shape {labels_px.shape} but source image {source} is "
+            f"{tuple(geo_s.image_shape)}; paint the labels on that image"
+        )
+    h, w = maps.grid
+    if labels_px.shape[0] >= h and labels_px.shape[1] >= w:
+        # full-resolution labels: each token gets every label's area share, so a part
+        # smaller than a token still counts
+        labels_src = labels_px
+    else:
+        labels_src = pixel_labels_to_grid(labels_px, geo_s)
+    labels_grid, confidence_grid = propagate_labels(
+        labels_src, _cross(maps, target, source), maps.grid
+    )
+    geo_t = maps.geometries[target]
+    labels_grid = np.asarray(labels_grid)
+    confidence_grid = np.asarray(confidence_grid, dtype=np.float64)
+    return LabelPropagation(
+        source=source,
+        target=target,
+        labels_grid=labels_grid,
+        confidence_grid=confidence_grid,
+        labels=grid_labels_to_pixels(labels_grid, geo_t),
+        confidence=grid_labels_to_pixels(confidence_grid, geo_t),
+        target_geometry=geo_t,
+    )
+
+
+def query_point(
+    maps: AttentionMaps, source: int, target: int, point_px: Sequence[float]
+) -> PointQuery:
+    """Where does one source pixel land in the target image?
+
+    Parameters
+    ----------
+    maps : AttentionMaps
+        Maps holding ``(source, target)``.
+    source, target : int
+        Image indices.
+    point_px : sequence of float
+        ``(row, col)`` in source pixels.
+
+    Returns
+    -------
+    PointQuery
+    """
+    from .correspondence import query
+
+    source = _check_index(maps, source, "source")
+    target = _check_index(maps, target, "target")
+    point = _check_points(point_px, "point_px")[0]
+    result = query(
+        _cross(maps, source, target), maps.geometries[source].pixel_to_grid(point), maps.grid
+    )
+    geo_t = maps.geometries[target]
+    return PointQuery(
+        heatmap=np.asarray(result.heatmap),
+        best=geo_t.grid_to_pixel(np.asarray(result.best, dtype=np.float64)),
+        score=float(result.score),
+        target_geometry=geo_t,
+    )
+
+
+def compute_maps(
+    engine: Any,
+    images: Sequence[np.ndarray],
+    *,
+    layers: Any = "auto",
+    timestep: int = 261,
+    seed: int = 0,
+    pairs: Any = "all",
+    cache: MapCache | bool | None = True,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> AttentionMaps:
+    """Extract attention maps, reading and filling the disk cache.
+
+    Parameters
+    ----------
+    engine : Engine
+        From `napari_corrseg.load_engine`; only touched on a cache miss.
+    images : sequence of numpy.ndarray
+        The images, as the user gave them (2-D grey or ``(H, W, 3|4)``).
+    layers, timestep, seed, pairs
+        Passed to ``engine.extract`` and part of the cache key.
+    cache : MapCache, bool or None
+        ``True`` uses the default cache (`napari_corrseg.cache.MapCache`), ``False`` or
+        ``None`` disables it, or pass a `MapCache`.
+    progress : callable, optional
+        ``progress(stage, fraction)``; a hit reports ``("cache", 1.0)``.
+    cancel : callable, optional
+        Returns True to stop; the engine raises `napari_corrseg.errors.Cancelled`.
+
+    Returns
+    -------
+    AttentionMaps
+    """
+    from .cache import MapCache, cache_key
+
+    if cache is True:
+        cache = MapCache()
+    elif cache is False:
+        cache = None
+    key = None
+    if cache is not None:
+        # image_size changes the maps but is not part of every engine's identity
+        identity = {**dict(engine.identity), "image_size": getattr(engine, "image_size", None)}
+        key = cache_key(images, identity, layers=layers, timestep=timestep, seed=seed, pairs=pairs)
+        hit = cache.get(key)
+        if hit is not None:
+            if progress is not None:
+                progress("cache", 1.0)
+            return hit
+    maps = engine.extract(
+        list(images),
+        layers=layers,
+        timestep=timestep,
+        seed=seed,
+        pairs=pairs,
+        progress=progress,
+        cancel=cancel,
+    )
+    if cache is not None and key is not None:
+        cache.put(key, maps)
+    return maps

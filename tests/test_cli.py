@@ -1,0 +1,279 @@
+"""The command line end to end on the tiny model, and every user error's exit code."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_corrseg import cli
+from napari_corrseg.export import MATCH_COLUMNS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def images(tmp_path):
+    """An 8-bit PNG, a 16-bit grey TIFF and a JPEG of different sizes."""
+    rng = np.random.default_rng(5)
+    rows, cols = np.mgrid[0:72, 0:96]
+    first = np.stack([rows * 3, cols * 2, 255 - rows * 3], axis=-1).astype(np.uint8)
+    second = (rng.random((64, 48)) * 60000).astype(np.uint16)
+    third = rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    paths = [tmp_path / "a.png", tmp_path / "b.tif", tmp_path / "c.jpg"]
+    iio.imwrite(paths[0], first)
+    tifffile.imwrite(paths[1], second)
+    iio.imwrite(paths[2], third)
+    return paths
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch, capsys, tiny_engine):
+    """Run the CLI in-process; ``--model tiny`` reuses the session's tiny engine."""
+    import napari_corrseg.engine as engine_module
+
+    real_load = engine_module.load_engine
+    monkeypatch.setattr(
+        engine_module,
+        "load_engine",
+        lambda model="auto", **kw: tiny_engine if model == "tiny" else real_load(model, **kw),
+    )
+    monkeypatch.setenv("NAPARI_CORRSEG_CACHE_DIR", str(tmp_path / "cache"))
+
+    def invoke(*args):
+        code = cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+def _csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_match_writes_every_output(run, images, tmp_path):
+    from napari_builtins.io._read import csv_to_layer_data
+
+    out = tmp_path / "out"
+    code, _, err = run("match", *images, "--out", out, "--model", "tiny", "--timestep", 200)
+    assert code == 0, err
+    assert "TINY RANDOM" in err  # loud about the model
+    shapes = [(72, 96), (64, 48), (40, 56)]
+    for j in (1, 2):
+        pair = out / f"pair_0_{j}"
+        rows = _csv(pair / "matches.csv")
+        assert tuple(rows[0]) == MATCH_COLUMNS
+        table = np.array([[float(r[c]) for c in MATCH_COLUMNS] for r in rows])
+        assert len(table) > 0
+        # coordinates are pixels of each image (tiny model grid is 16x16)
+        assert table[:, 1].max() <= shapes[0][0] and table[:, 2].max() <= shapes[0][1]
+        assert table[:, 3].max() <= shapes[j][0] and table[:, 4].max() <= shapes[j][1]
+        assert ((table[:, 5] >= 0) & (table[:, 5] <= 1)).all()
+        for side, columns in (("source", [1, 2]), ("target", [3, 4])):
+            data, _, kind = csv_to_layer_data(str(pair / f"{side}_points.csv"), "points")
+            assert kind == "points"
+            np.testing.assert_allclose(data, table[:, columns], rtol=1e-5)
+        with np.load(pair / "metrics.npz", allow_pickle=False) as metrics:
+            assert metrics["entropy"].shape == (16, 16)
+            np.testing.assert_allclose(metrics["entropy_scale"], np.divide(shapes[j], 16))
+            np.testing.assert_allclose(metrics["cycle_error_scale"], np.divide(shapes[0], 16))
+        for name in ("matches", "cycle_error", "entropy", "density", "nims"):
+            assert (pair / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    record = json.loads((out / "run.json").read_text())
+    assert record["tool"] == "napari-corrseg" and record["command"] == "match"
+    assert record["argv"][0] == "match" and record["argv"][-1] == "200"
+    assert record["model"]["model"] == "tiny" and record["tiny_model"] is True
+    assert record["settings"]["timestep"] == 200
+    assert record["extraction"]["timestep"] == 200
+    assert [i["sha256"] for i in record["images"]] == [_sha256(p) for p in images]
+    assert [i["shape"] for i in record["images"]] == [list(s) for s in shapes]
+    assert record["outputs"] == ["pair_0_1", "pair_0_2"]
+    assert "numpy" in record["versions"] and "napari-corrseg" in record["versions"]
+
+
+def test_coseg_writes_labels_of_each_image_shape(run, images, tmp_path):
+    out = tmp_path / "coseg"
+    code, _, err = run("coseg", *images[:2], "--out", out, "--model", "tiny", "-q")
+    assert code == 0, err
+    labels = [tifffile.imread(out / f"labels_{k}.tif") for k in range(2)]
+    assert [lab.shape for lab in labels] == [(72, 96), (64, 48)]
+    table = json.loads((out / "segments.json").read_text())
+    ids = {segment["id"] for segment in table["segments"]}
+    assert set(np.unique(np.concatenate([lab.ravel() for lab in labels]))) <= ids | {0}
+    with np.load(out / "labels_grid.npz", allow_pickle=False) as grid_labels:
+        assert grid_labels["labels_0"].shape == (16, 16)
+    assert json.loads((out / "run.json").read_text())["command"] == "coseg"
+
+
+def test_transfer_writes_one_row_per_keypoint(run, images, tmp_path):
+    points = tmp_path / "points.csv"
+    points.write_text("index,axis-0,axis-1\n0,10,20\n1,50.5,80\n2,0,0\n")
+    out = tmp_path / "transfer"
+    code, _, err = run("transfer", images[0], points, images[1], "--out", out, "--model", "tiny")
+    assert code == 0, err
+    rows = _csv(out / "transfer_0_1" / "target_points.csv")
+    assert [r["keypoint_id"] for r in rows] == ["0", "1", "2"]
+    moved = np.array([[float(r["axis-0"]), float(r["axis-1"])] for r in rows])
+    assert (moved >= -0.5).all() and (moved[:, 0] <= 63.5).all() and (moved[:, 1] <= 47.5).all()
+    assert all(0 <= float(r["confidence"]) <= 1 for r in rows)
+    source = _csv(out / "transfer_0_1" / "source_points.csv")
+    assert [float(r["axis-0"]) for r in source] == [10, 50.5, 0]
+    assert json.loads((out / "run.json").read_text())["points_file"] == str(points)
+
+
+def test_cache_hit_does_not_touch_the_model(run, images, tmp_path, monkeypatch, tiny_engine):
+    code, _, _ = run("match", *images[:2], "--out", tmp_path / "first", "--model", "tiny", "-q")
+    assert code == 0
+
+    class Untouchable:
+        identity = tiny_engine.identity
+        image_size = tiny_engine.image_size
+        is_tiny = True
+
+        def extract(self, *args, **kwargs):
+            raise AssertionError("the model ran although the maps were cached")
+
+    import napari_corrseg.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "load_engine", lambda *a, **k: Untouchable())
+    code, _, err = run("match", *images[:2], "--out", tmp_path / "second", "--model", "tiny")
+    assert code == 0, err
+    first, second = (tmp_path / d / "pair_0_1" / "matches.csv" for d in ("first", "second"))
+    assert first.read_text() == second.read_text()
+    code, out, _ = run("cache", "info")
+    assert code == 0 and "entries:   1" in out
+    code, out, _ = run("cache", "clear")
+    assert code == 0 and "removed 1" in out
+
+
+def test_demo_without_picture(run, tmp_path):
+    out = tmp_path / "demo"
+    code, _, err = run("demo", "--out", out, "--model", "tiny", "--no-picture")
+    assert code == 0, err
+    assert "NOT semantic" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tiny_model"] is True
+    assert len(summary["keypoint_error_px"]) == 8
+    assert (out / "pair_0_1" / "matches.csv").is_file()
+    assert tifffile.imread(out / "coseg" / "labels_1.tif").shape == (256, 256)
+    assert (out / "transfer_0_1" / "target_points.csv").is_file()
+    assert not (out / "napari.png").exists()
+
+
+def _one_error_line(err: str) -> str:
+    # with --quiet only one-line warnings (e.g. the tiny-model one) may precede the error
+    lines = [line for line in err.strip().splitlines() if "warning: TINY" not in line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("napari-corrseg: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "message"),
+    [
+        ("missing_image", 3, "does not exist"),
+        ("broken_image", 3, "cannot read image"),
+        ("unknown_model", 4, "unknown model"),
+        ("out_is_file", 5, "not a folder"),
+        ("out_not_empty", 5, "--overwrite"),
+        ("points_outside", 3, "outside the source image"),
+        ("bad_threshold", 1, "--threshold"),
+        ("bad_layers", 2, "--layers"),
+    ],
+)
+def test_user_errors_give_one_line_and_an_exit_code(run, images, tmp_path, case, code, message):
+    out = tmp_path / "out"
+    args = ["match", images[0], images[1], "--out", out, "--model", "tiny", "-q"]
+    if case == "missing_image":
+        args[2] = tmp_path / "nope.png"
+    elif case == "broken_image":
+        (tmp_path / "broken.png").write_bytes(b"not a png")
+        args[2] = tmp_path / "broken.png"
+    elif case == "unknown_model":
+        args[6] = "no-such-model"
+    elif case == "out_is_file":
+        out.write_text("x")
+    elif case == "out_not_empty":
+        out.mkdir()
+        (out / "thesis.docx").write_text("precious")
+    elif case == "points_outside":
+        (tmp_path / "p.csv").write_text("row,col\n5,5\n500,5\n")
+        args = [
+            "transfer",
+            images[0],
+            tmp_path / "p.csv",
+            images[1],
+            "--out",
+            out,
+            "-q",
+            "--model",
+            "tiny",
+        ]
+    elif case == "bad_layers":
+        args += ["--layers", "99"]
+    elif case == "bad_threshold":
+        args = ["coseg", images[0], images[1], "--out", out, "--threshold", "high", "-q"]
+    exit_code, _, err = run(*args)
+    assert exit_code == code
+    assert message in _one_error_line(err)
+    if case in ("missing_image", "broken_image", "points_outside"):
+        assert not out.exists()  # input is checked before anything is created
+    if case == "out_not_empty":
+        assert (out / "thesis.docx").read_text() == "precious"
+        assert sorted(p.name for p in out.iterdir()) == ["thesis.docx"]
+
+
+def test_console_entry_point_exit_codes(tmp_path):
+    """The real process: no traceback, the exit code reaches the shell."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_corrseg.cli",
+            "match",
+            str(tmp_path / "x.png"),
+            str(tmp_path / "y.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 3
+    assert "does not exist" in _one_error_line(done.stderr)
+    usage = subprocess.run(
+        [sys.executable, "-m", "napari_corrseg.cli", "match"], capture_output=True, text=True
+    )
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_registry_accepts_a_new_subcommand(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "SUBCOMMANDS", list(cli.SUBCOMMANDS))
+    seen = {}
+
+    def add(parser):
+        parser.add_argument("--alpha", type=float, default=0.1)
+
+    def run_it(args, context):
+        seen["alpha"] = args.alpha
+        return 0
+
+    cli.register(cli.Subcommand("hello", "a subcommand added by another module", add, run_it))
+    assert cli.main(["hello", "--alpha", "0.05", "--model", "tiny"]) == 0
+    assert seen == {"alpha": 0.05}
