@@ -1,0 +1,8 @@
+"""Qt and napari glue: the dock widgets, their workers and result layers (no algorithm)."""
+
+from __future__ import annotations
+
+from .correspondence import CorrespondenceWidget
+from .cosegmentation import CosegmentationWidget
+
+__all__ = ["CorrespondenceWidget", "CosegmentationWidget"]

@@ -1,0 +1,142 @@
+"""Drive the real widgets on the sample pair and save window screenshots for the docs.
+
+Used by ``scripts/make_screenshots.py`` and by the screenshot test, so the pictures in
+``docs/napari.md`` always come from the plugin as it is. Needs a shown viewer on a real
+(or Xvfb) display: a hidden viewer renders black.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import QApplication
+
+from ..io import read_points_csv
+from ..sample_data import load_sample_pair, sample_paths
+from . import _layers as L
+from .correspondence import CorrespondenceWidget
+from .cosegmentation import CosegmentationWidget
+
+#: Screenshot files written by `make_screenshots`, in docs order.
+SCREENSHOTS = (
+    "screenshot_matches.png",
+    "screenshot_query.png",
+    "screenshot_transfer.png",
+    "screenshot_cosegmentation.png",
+    "screenshot_propagation.png",
+)
+WINDOW_SIZE = (1500, 900)
+
+
+def wait_until_idle(widget, timeout: float = 600.0) -> None:
+    """Process Qt events until the widget's worker has finished."""
+    deadline = time.monotonic() + timeout
+    while widget.runner.running:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the widget's run did not finish in time")
+        QApplication.processEvents()
+        time.sleep(0.01)
+    for _ in range(5):
+        QApplication.processEvents()
+
+
+def _save(viewer, folder: Path, name: str) -> Path:
+    for _ in range(5):
+        QApplication.processEvents()
+    path = folder / name
+    viewer.window.screenshot(path=str(path), canvas_only=False, flash=False)
+    return path
+
+
+def _keypoints(index: int) -> np.ndarray | None:
+    path = sample_paths()[index].with_name(f"sample_{'ab'[index]}_keypoints.csv")
+    return read_points_csv(path) if path.exists() else None
+
+
+def make_screenshots(viewer, folder: str | Path, *, model: str = "tiny") -> list[Path]:
+    """Run both widgets on the sample pair in ``viewer`` and save `SCREENSHOTS`.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        A shown viewer (``show=True``).
+    folder : str or Path
+        Where the PNGs go (created if missing).
+    model : str
+        Model for the widgets' model field.
+
+    Returns
+    -------
+    list of Path
+        The PNG files written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    viewer.window._qt_window.resize(*WINDOW_SIZE)
+    first, second = load_sample_pair()
+    source = viewer.add_image(first, name="sample A", rgb=True)
+    target = viewer.add_image(
+        second, name="sample B", rgb=True, translate=(0, first.shape[1] + 16)
+    )
+    written = []
+
+    matcher = CorrespondenceWidget(viewer)
+    dock = viewer.window.add_dock_widget(matcher, name="Correspondence", area="right")
+    matcher.settings.model.setCurrentText(model)
+    matcher.source.set_value(source)
+    matcher.target.set_value(target)
+    matcher.n_matches.setValue(25)
+    matcher.show_lines.setChecked(True)
+    matcher.run()
+    wait_until_idle(matcher)
+    for name in ("density", "nims", "entropy", "cycle_error"):
+        layer = L.find_plugin_layer(viewer, f"metric:{name}")
+        if layer is not None:
+            layer.visible = False
+    viewer.reset_view()
+    written.append(_save(viewer, folder, SCREENSHOTS[0]))
+
+    # interactive query: the click the user would make on the source
+    matcher.show_lines.setChecked(False)
+    matcher.query_enabled.setChecked(True)
+    for side in ("source", "target"):
+        L.find_plugin_layer(viewer, f"matches:{side}").visible = False
+    matcher.query_at(np.array([100.0, 128.0]))
+    written.append(_save(viewer, folder, SCREENSHOTS[1]))
+    matcher.query_enabled.setChecked(False)
+    for role in ("query:heatmap", "query:points"):
+        L.remove_plugin_layer(viewer, role)
+
+    # keypoint transfer from the user's Points layer
+    keypoints = _keypoints(0)
+    if keypoints is not None:
+        user = viewer.add_points(keypoints, name="keypoints A", face_color="yellow", size=8)
+        matcher.keypoints.set_value(user)
+        matcher.transfer_button.click()
+        written.append(_save(viewer, folder, SCREENSHOTS[2]))
+        user.visible = False
+        L.find_plugin_layer(viewer, "transfer:keypoints A").visible = False
+    viewer.window.remove_dock_widget(dock)
+
+    # co-segmentation of the pair, with the table of shared segments
+    coseg = CosegmentationWidget(viewer)
+    viewer.window.add_dock_widget(coseg, name="Co-segmentation", area="right")
+    coseg.settings.model.setCurrentText(model)
+    coseg.images.set_checked([source, target])
+    coseg.run()
+    wait_until_idle(coseg)
+    written.append(_save(viewer, folder, SCREENSHOTS[3]))
+
+    # label propagation: paint a label on A (a disc), propose it on B
+    for layer in L.plugin_layers_of(viewer, "coseg:"):
+        layer.visible = False
+    rows, cols = np.mgrid[: first.shape[0], : first.shape[1]]
+    painted = (((rows - 128) ** 2 + (cols - 110) ** 2) < 40**2).astype(np.int32) * 3
+    user_labels = viewer.add_labels(painted, name="painted on A")
+    coseg.painted.set_value(user_labels)
+    coseg.painted_image.set_value(source)
+    coseg.propagate_button.click()
+    written.append(_save(viewer, folder, SCREENSHOTS[4]))
+    return written

@@ -1,0 +1,142 @@
+"""The Co-segmentation widget end to end in a real napari viewer (under Xvfb).
+
+A synthetic engine supplies attention of objects that move between images (a known
+answer); the tiny model runs the whole path in tests/test_widget_tiny.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.utils.notifications import notification_manager
+
+from napari_corrseg._widgets import CosegmentationWidget
+from napari_corrseg._widgets._layers import PLUGIN_KEY
+from napari_corrseg.synthetic.regions import moving_collection
+from test_widget_support import (  # noqa: F401 - the autouse fixture must be imported
+    GRID,
+    SyntheticEngine,
+    _isolated_caches,
+    choose_model,
+    install_engine,
+    plugin_layers,
+    run_and_wait,
+    textured_image,
+)
+
+pytestmark = pytest.mark.gui
+
+SHAPES = [(48, 48), (64, 32), (32, 64)]
+
+
+@pytest.fixture
+def collection_viewer(make_napari_viewer):
+    """Three RGB images of different sizes, the last one scaled and translated."""
+    viewer = make_napari_viewer()
+    for index, shape in enumerate(SHAPES):
+        extra = {"scale": (2, 2), "translate": (0, 150)} if index == 2 else {}
+        viewer.add_image(textured_image(shape, index), name=f"img{index}", rgb=True, **extra)
+    return viewer
+
+
+def make_widget(viewer, monkeypatch, engine) -> CosegmentationWidget:
+    widget = CosegmentationWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    install_engine(monkeypatch, engine)
+    choose_model(widget)
+    return widget
+
+
+def test_shared_labels_table_and_threshold(collection_viewer, qtbot, monkeypatch):
+    viewer = collection_viewer
+    engine = SyntheticEngine()
+    widget = make_widget(viewer, monkeypatch, engine)
+    user_layers = list(viewer.layers)
+    user_data = [np.array(layer.data, copy=True) for layer in user_layers]
+    widget.images.set_checked(user_layers)
+    run_and_wait(qtbot, widget)
+
+    labels = [plugin_layers(viewer, f"coseg:{index}")[0] for index in range(3)]
+    for layer, image, shape in zip(labels, user_layers, SHAPES, strict=True):
+        assert layer.data.shape == shape, "labels on the image's own pixels"
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+    # the ids mean the same object everywhere: compare with the synthetic truth
+    truth = moving_collection(3, GRID, seed=0).labels
+    for index in range(3):
+        grid_labels = widget.result.labels_grid[index]
+        for true_id in np.unique(truth[index]):
+            found = np.bincount(grid_labels[truth[index] == true_id]).argmax()
+            mask_other = truth[(index + 1) % 3] == true_id
+            if mask_other.any():  # an object seen in both images gets one id in both
+                other = widget.result.labels_grid[(index + 1) % 3][mask_other]
+                assert np.mean(other == found) >= 0.8, f"object {true_id} of image {index}"
+    # the table lists every id with the images it is in and its consistency
+    rows = widget.table_rows()
+    assert len(rows) == len(widget.result.segments) >= 2
+    for row, record in zip(rows, widget.result.segments, strict=True):
+        assert row[0] == str(record["id"])
+        for image in record["images"]:
+            assert (labels[image].data == record["id"]).any()
+    auto = widget.result.threshold
+    assert widget.threshold.value() == pytest.approx(auto, abs=1e-3)
+    assert "auto" in widget.status.text()
+
+    # a manual threshold reuses the maps and updates the layers in place
+    widget.auto_threshold.setChecked(False)
+    widget.threshold.setValue(auto * 3 + 1)
+    widget.threshold.editingFinished.emit()
+    assert widget.result.threshold == pytest.approx(auto * 3 + 1, abs=1e-3)
+    assert engine.calls == 1
+    assert [plugin_layers(viewer, f"coseg:{i}")[0] for i in range(3)] == labels
+    for layer, data in zip(user_layers, user_data, strict=True):
+        np.testing.assert_array_equal(layer.data, data)
+        assert PLUGIN_KEY not in layer.metadata
+
+    # a rerun on two images keeps two layers and removes our third
+    widget.images.set_checked(user_layers[:2])
+    run_and_wait(qtbot, widget)
+    assert len(plugin_layers(viewer, "coseg:")) == 2
+    assert all(layer in viewer.layers for layer in user_layers)
+
+
+def test_stack_gives_one_stacked_labels_layer(make_napari_viewer, qtbot, monkeypatch):
+    viewer = make_napari_viewer()
+    stack = np.stack([textured_image((40, 40), seed) for seed in range(3)])
+    viewer.add_image(stack, name="stack", rgb=True, scale=(5, 1, 1))
+    widget = make_widget(viewer, monkeypatch, SyntheticEngine())
+    widget.images.set_checked([viewer.layers["stack"]])
+    run_and_wait(qtbot, widget)
+    labels = plugin_layers(viewer, "coseg:stack")[0]
+    assert labels.data.shape == (3, 40, 40)
+    np.testing.assert_allclose(labels.scale, (5, 1, 1))
+    assert set(np.unique(labels.data)) >= set(np.unique(labels.data[0]))
+
+
+def test_painted_labels_propagate_to_the_other_images(collection_viewer, qtbot, monkeypatch):
+    viewer = collection_viewer
+    widget = make_widget(viewer, monkeypatch, SyntheticEngine())
+    widget.images.set_checked([viewer.layers["img0"], viewer.layers["img1"]])
+    run_and_wait(qtbot, widget)
+    painted = np.zeros((48, 48), dtype=np.int32)
+    painted[10:30, 5:25] = 7
+    user = viewer.add_labels(painted.copy(), name="painted")
+    widget.painted.set_value(user)
+    widget.painted_image.set_value(viewer.layers["img0"])
+    widget.propagate_button.click()
+
+    proposal = plugin_layers(viewer, "propagated:painted")
+    assert len(proposal) == 1 and proposal[0].name == "painted on img1"
+    assert proposal[0].data.shape == SHAPES[1]
+    assert set(np.unique(proposal[0].data)) <= {0, 7} and (proposal[0].data == 7).any()
+    np.testing.assert_array_equal(user.data, painted)
+    assert PLUGIN_KEY not in user.metadata
+
+
+def test_one_plain_image_is_refused_with_a_notification(collection_viewer, monkeypatch):
+    widget = make_widget(collection_viewer, monkeypatch, SyntheticEngine())
+    widget.images.set_checked([collection_viewer.layers["img0"]])
+    monkeypatch.setattr(notification_manager, "records", [])
+    assert widget.run() is None
+    assert "stack" in notification_manager.records[-1].message
+    assert widget.run_button.isEnabled()

@@ -1,0 +1,113 @@
+"""Shared fixtures and helpers of the widget tests (imported by tests/test_widget_*.py).
+
+`SyntheticEngine` stands in for the model where a test needs a known right answer or
+control over timing: its maps come from `napari_corrseg.synthetic` (a known translation
+for two images, moving objects for more), and it can be made slow (checking cancel as a
+real engine does) or made to fail.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_corrseg.errors import Cancelled
+from napari_corrseg.maps import AttentionMaps, ImageGeometry
+
+GRID = (16, 16)
+#: The synthetic pair's warp: target = source shifted by this many tokens (row, col).
+SHIFT_TOKENS = (0.0, 2.0)
+
+
+class SyntheticEngine:
+    """An engine-shaped object whose maps are synthetic attention with a known answer."""
+
+    is_tiny = False
+
+    def __init__(self, *, delay: float = 0.0, fail: BaseException | None = None) -> None:
+        self.delay = delay
+        self.fail = fail
+        self.calls = 0
+        self.identity = {"model": "synthetic", "delay": delay}
+
+    def extract(self, images, *, layers="auto", timestep=261, seed=0, pairs="all",
+                progress=None, cancel=None):  # fmt: skip
+        from napari_corrseg.synthetic.regions import moving_collection
+        from napari_corrseg.synthetic.warps import make_pair, translation
+
+        self.calls += 1
+        progress = progress or (lambda stage, fraction: None)
+        progress("encode", 0.0)
+        steps = max(1, int(self.delay / 0.02))
+        for step in range(steps):  # a long "forward pass" that checks cancel
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled during the forward pass")
+            if self.delay:
+                time.sleep(self.delay / steps)
+            progress("forward", (step + 1) / steps)
+        if self.fail is not None:
+            raise self.fail
+        geometries = [ImageGeometry(tuple(np.shape(im)[:2]), GRID) for im in images]
+        if len(images) == 2:
+            pair = make_pair(GRID, translation(SHIFT_TOKENS), temperature=0.6, seed=seed)
+            maps = {(0, 0): pair.a_ss, (1, 1): pair.a_tt, (0, 1): pair.a_st, (1, 0): pair.a_ts}
+        else:
+            scene = moving_collection(len(images), GRID, seed=seed)
+            maps = {(i, i): m for i, m in enumerate(scene.self_maps)}
+            maps.update(scene.cross_maps)
+        return AttentionMaps(GRID, geometries, maps, {"model": "synthetic"})
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(monkeypatch, tmp_path):
+    """Every test gets an empty disk cache and an empty in-memory map cache."""
+    from napari_corrseg._widgets import _runner
+
+    monkeypatch.setenv("NAPARI_CORRSEG_CACHE_DIR", str(tmp_path / "cache"))
+    _runner.MAPS_CACHE._items.clear()
+    yield
+    _runner.MAPS_CACHE._items.clear()
+
+
+def install_engine(monkeypatch, engine, model: str = "synthetic", device: str = "cpu") -> None:
+    """Make ``get_engine(model, device)`` return ``engine`` for this test."""
+    from napari_corrseg._widgets import _runner
+
+    monkeypatch.setitem(_runner._ENGINE, (model, device), engine)
+
+
+def choose_model(widget, model: str = "synthetic", device: str = "cpu") -> None:
+    """Type the model name into a widget's settings (as a user would)."""
+    widget.settings.model.setCurrentText(model)
+    widget.settings.device.setCurrentText(device)
+
+
+def run_and_wait(qtbot, widget, timeout: int = 120_000):
+    """Start a widget's run the way the Run button does, and wait for it to finish."""
+    worker = widget.run(start_thread=False)
+    assert worker is not None, f"run refused to start: {widget.status.text()}"
+    with qtbot.waitSignal(worker.finished, timeout=timeout):
+        worker.start()
+    return worker
+
+
+def textured_image(shape, seed: int) -> np.ndarray:
+    """A smooth random RGB image (uint8): something the tiny model can encode."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(8, 8, 3)).astype(np.float64)
+    rows = np.linspace(0, 7, shape[0]).astype(int)
+    cols = np.linspace(0, 7, shape[1]).astype(int)
+    return small[np.ix_(rows, cols)].astype(np.uint8)
+
+
+def plugin_layers(viewer, prefix: str = "") -> list:
+    """The viewer's plugin-made layers whose role starts with ``prefix``."""
+    from napari_corrseg._widgets._layers import PLUGIN_KEY
+
+    return [
+        layer
+        for layer in viewer.layers
+        if layer.metadata.get(PLUGIN_KEY, {}).get("role", "").startswith(prefix)
+    ]
