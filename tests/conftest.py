@@ -1,0 +1,52 @@
+"""Shared test fixtures. Tests never touch the network: the hub is forced offline.
+
+Fixtures (session-scoped, built once, imported lazily so numpy-only tests stay fast):
+
+* ``tiny_engine``: ``load_engine("tiny")`` on the CPU, a deterministic random-weight model
+  with SD2's block structure, 256 px input, default 16x16 layer grid. Its maps are
+  row-stochastic but NOT semantic.
+* ``tiny_model_dir``: the same model saved with ``save_pretrained`` in the SD2 folder
+  layout (unet, vae, text_encoder, tokenizer, scheduler, model_index.json).
+* ``two_images``: two small different RGB float images as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("NAPARI_CORRSEG_MODEL", None)  # "auto" must mean the same for every test
+if "huggingface_hub" in sys.modules:  # imported before this file: its constants are set
+    sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = True
+
+
+@pytest.fixture(scope="session")
+def tiny_engine():
+    """The tiny random-weight engine on the CPU (float32)."""
+    from napari_corrseg.engine import load_engine
+
+    return load_engine("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The tiny model saved as a diffusers SD2 folder; load it with ``load_engine(path)``."""
+    from napari_corrseg.engine import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-sd2"))
+
+
+@pytest.fixture(scope="session")
+def two_images():
+    """Two different small RGB images (float in [0, 1]) of different sizes."""
+    rng = np.random.default_rng(1234)
+    rows, cols = np.mgrid[0:96, 0:128]
+    first = np.stack([rows / 95, cols / 127, 0.5 + 0 * rows], axis=-1)
+    second = rng.random((80, 64, 3))
+    return [first.astype(np.float32), second.astype(np.float32)]
