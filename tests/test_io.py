@@ -135,6 +135,14 @@ def test_read_image_errors(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 20, 30), np.uint8))
     with pytest.raises(InputImageError, match="one plane"):
         read_image(tmp_path / "stack.tif")
+    with_nan = np.ones((32, 32), np.float32)
+    with_nan[4, 5] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", with_nan)
+    with pytest.raises(InputImageError, match=r"nan\.tif contains NaN"):
+        read_image(tmp_path / "nan.tif")
+    iio.imwrite(tmp_path / "tiny.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(InputImageError, match="tiny.png"):
+        read_image(tmp_path / "tiny.png")
 
 
 def test_display_rgb_stretches_16_bit():

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputImageError, OutputError
+from .images import prepare_image
 
 __all__ = [
     "atomic_path",
@@ -252,6 +253,8 @@ def read_image(path: str | Path) -> np.ndarray:
         )
     if image.dtype.kind not in "uif" and image.dtype != bool:
         raise InputImageError(f"image {path} has unsupported pixel type {image.dtype}")
+    # Fail on NaN, tiny or huge images now, before a model is loaded for nothing.
+    prepare_image(image, name=f"image {path}")
     return image
 
 
