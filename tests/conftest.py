@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -22,6 +23,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("NAPARI_CORRSEG_MODEL", None)  # "auto" must mean the same for every test
+# Map and latent caches go to a throw-away folder, never the user's cache directory.
+# Tests that check caching set their own folder on top of this.
+os.environ["NAPARI_CORRSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="napari-corrseg-test-cache-")
 if "huggingface_hub" in sys.modules:  # imported before this file: its constants are set
     sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = True
 

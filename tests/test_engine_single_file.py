@@ -155,6 +155,8 @@ def test_single_file_checkpoint_loads_with_identical_maps(
     device = torch.device("cpu")
     components = _load_single_file(path, device, torch.float32, config=tiny_model_dir)
     engine = Engine(components, device, torch.float32)
+    for module in (engine.unet, engine.vae):  # as load_engine stores them on the CPU
+        module.to(memory_format=torch.channels_last)
     assert engine.identity["model"] == str(path.resolve())
     assert len(engine.identity["file_sha256"]) == 64 and engine.is_tiny
     for ours, theirs in [(engine.unet, tiny_engine.unet), (engine.vae, tiny_engine.vae)]:

@@ -16,6 +16,11 @@ resolution are averaged.
 
 Early exit: once the last chosen layer is recorded, the recorder raises `EarlyExit`
 (caught by the caller) so the rest of the UNet does not run.
+
+`AttentionRecorder` computes the maps inside the pass. `QueryKeyRecorder` (what
+`Engine.extract` uses) instead keeps each image's queries and keys, and
+`maps_from_store` computes the maps afterwards with the same arithmetic
+(`accumulate_attention`), so images of one pair need not share a pass.
 """
 
 from __future__ import annotations
@@ -34,7 +39,11 @@ __all__ = [
     "AttentionRecorder",
     "EarlyExit",
     "LayerInfo",
+    "QueryKeyRecorder",
     "RecordingProcessor",
+    "accumulate_attention",
+    "maps_from_store",
+    "project_query_key",
     "select_layers",
     "self_attention_layers",
 ]
@@ -196,47 +205,18 @@ class AttentionRecorder:
         """Add this layer's head-averaged maps to the running sums."""
         if self.cancel is not None and self.cancel():
             raise Cancelled("attention extraction was cancelled")
-        if hidden_states.ndim == 4:  # (B, C, H, W) -> (B, N, C), as the processors do
-            batch, channels = hidden_states.shape[:2]
-            hidden_states = hidden_states.view(batch, channels, -1).transpose(1, 2)
-        batch, n_tokens, _ = hidden_states.shape
-        if batch != self.n_images:
-            raise RuntimeError(f"layer {layer.name} saw batch {batch}, expected {self.n_images}")
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
-        heads = attn.heads
-        head_dim = query.shape[-1] // heads
-        query = query.view(batch, n_tokens, heads, head_dim).transpose(1, 2)
-        key = key.view(batch, n_tokens, heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query, key = attn.norm_q(query), attn.norm_k(key)
-        # float32 scores whatever the model dtype: what upcast_attention asks for, and for
-        # layers without it only more precise than the layer's own attention
-        query = query.float() * attn.scale
-        key = key.float()
+        query, key = project_query_key(attn, hidden_states)
+        if query.shape[0] != self.n_images:
+            raise RuntimeError(
+                f"layer {layer.name} saw batch {query.shape[0]}, expected {self.n_images}"
+            )
         sums = self.sums.setdefault(layer.resolution, {})
-        for a, targets in self.targets.items():
-            keys = torch.cat([key[b] for b in targets], dim=1).transpose(1, 2).contiguous()
-            width = keys.shape[2]  # T * N keys: image a's own, then its pair partners'
-            step = max(1, min(n_tokens, self.chunk_elements // (heads * width)))
-            scores_buffer, probs_buffer = self._buffers(heads * step * width, query.device)
-            for start in range(0, n_tokens, step):
-                rows = query[a, :, start : start + step]  # (heads, rows, d)
-                size = heads * rows.shape[1] * width
-                scores = scores_buffer[:size].view(heads, rows.shape[1], width)
-                torch.bmm(rows, keys, out=scores)
-                shape = (heads, rows.shape[1], len(targets), n_tokens)
-                probs = probs_buffer[:size].view(shape)
-                _softmax_into(scores.view(shape), probs)
-                averaged = probs.sum(dim=0).div_(heads)  # (rows, T, N)
-                for t, b in enumerate(targets):
-                    total = sums.get((a, b))
-                    if total is None:
-                        total = sums[(a, b)] = torch.zeros(
-                            (n_tokens, n_tokens), dtype=torch.float32, device=query.device
-                        )
-                    total[start : start + step] += averaged[:, t]
+        self._scratch = accumulate_attention(
+            sums, query, key, self.targets, self.chunk_elements, self._scratch
+        )
+        self._layer_done(layer)
+
+    def _layer_done(self, layer: LayerInfo) -> None:
         self.counts[layer.resolution] = self.counts.get(layer.resolution, 0) + 1
         self.recorded.append(layer.name)
         if self.on_layer is not None:
@@ -244,32 +224,169 @@ class AttentionRecorder:
         if self.early_exit and len(self.recorded) == len(self.layers):
             raise EarlyExit
 
-    def _buffers(self, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reused flat float32 buffers for one chunk of scores and of probabilities.
-
-        Filling fresh 100 MB tensors costs more than the exponentials on a CPU (page
-        faults), so the buffers live as long as the recorder.
-        """
-        if self._scratch is None or self._scratch[0].numel() < size:
-            self._scratch = tuple(
-                torch.empty(size, dtype=torch.float32, device=device) for _ in range(2)
-            )
-        return self._scratch
-
     def result(self) -> dict[int, dict[tuple[int, int], np.ndarray]]:
         """``{grid side: {(i, j): (N, N) float32}}``, layer-averaged, rows renormalised."""
         missing = [layer.name for layer in self.layers if layer.name not in self.recorded]
         if missing:
             raise RuntimeError(f"layers never ran: {missing}")
-        out = {}
-        for resolution, maps in self.sums.items():
-            count = self.counts[resolution]
-            out[resolution] = {}
-            for pair, total in maps.items():
-                mean = (total / count).cpu().numpy().astype(np.float32)
-                # float32 sums drift by ~1e-7; renormalise so rows sum to 1 exactly enough
-                out[resolution][pair] = mean / mean.sum(axis=1, keepdims=True)
-        return out
+        return finish_sums(self.sums, self.counts)
+
+
+def project_query_key(attn, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's scaled float32 queries and keys, each ``(B, heads, N, head_dim)``.
+
+    Scores and softmax are float32 whatever the model dtype: what ``upcast_attention``
+    asks for, and for layers without it only more precise than the layer's own attention.
+    """
+    if hidden_states.ndim == 4:  # (B, C, H, W) -> (B, N, C), as the processors do
+        batch, channels = hidden_states.shape[:2]
+        hidden_states = hidden_states.view(batch, channels, -1).transpose(1, 2)
+    batch, n_tokens, _ = hidden_states.shape
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
+    heads = attn.heads
+    head_dim = query.shape[-1] // heads
+    query = query.view(batch, n_tokens, heads, head_dim).transpose(1, 2)
+    key = key.view(batch, n_tokens, heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query, key = attn.norm_q(query), attn.norm_k(key)
+    return query.float() * attn.scale, key.float()
+
+
+Scratch = tuple[torch.Tensor, torch.Tensor] | None
+
+
+def accumulate_attention(
+    sums: dict[tuple[int, int], torch.Tensor],
+    query: Sequence[torch.Tensor] | torch.Tensor,
+    key: Sequence[torch.Tensor] | torch.Tensor,
+    targets: dict[int, list[int]],
+    chunk_elements: int = CHUNK_ELEMENTS,
+    scratch: Scratch = None,
+) -> Scratch:
+    """Add ``mean_heads softmax(Q_a K_b^T)`` to ``sums[(a, b)]`` for every a, b in targets.
+
+    ``query[a]`` and ``key[b]`` are ``(heads, N, d)`` (scaled, float32). Each pair's
+    softmax is over its own keys only, so a map does not depend on which other images
+    share the batch. Queries go in chunks of at most ``chunk_elements`` scores; the
+    returned scratch buffers are reused by the next call (fresh 100 MB tensors cost more
+    than the exponentials on a CPU, through page faults).
+    """
+    for a, partners in targets.items():
+        rows_all = query[a]
+        heads, n_tokens, _ = rows_all.shape
+        keys = torch.cat([key[b] for b in partners], dim=1).transpose(1, 2).contiguous()
+        width = keys.shape[2]  # T * N keys: image a's own, then its pair partners'
+        step = max(1, min(n_tokens, chunk_elements // (heads * width)))
+        size_needed = heads * step * width
+        if scratch is None or scratch[0].numel() < size_needed:
+            scratch = tuple(
+                torch.empty(size_needed, dtype=torch.float32, device=rows_all.device)
+                for _ in range(2)
+            )
+        scores_buffer, probs_buffer = scratch
+        for start in range(0, n_tokens, step):
+            rows = rows_all[:, start : start + step]  # (heads, rows, d)
+            size = heads * rows.shape[1] * width
+            scores = scores_buffer[:size].view(heads, rows.shape[1], width)
+            torch.bmm(rows, keys, out=scores)
+            shape = (heads, rows.shape[1], len(partners), n_tokens)
+            probs = probs_buffer[:size].view(shape)
+            _softmax_into(scores.view(shape), probs)
+            averaged = probs.sum(dim=0).div_(heads)  # (rows, T, N)
+            for t, b in enumerate(partners):
+                total = sums.get((a, b))
+                if total is None:
+                    total = sums[(a, b)] = torch.zeros(
+                        (n_tokens, n_tokens), dtype=torch.float32, device=rows_all.device
+                    )
+                total[start : start + step] += averaged[:, t]
+    return scratch
+
+
+def finish_sums(
+    sums: dict[int, dict[tuple[int, int], torch.Tensor]], counts: dict[int, int]
+) -> dict[int, dict[tuple[int, int], np.ndarray]]:
+    """Layer-average running sums and renormalise rows: ``{side: {(i, j): (N, N)}}``."""
+    out = {}
+    for resolution, maps in sums.items():
+        count = counts[resolution]
+        out[resolution] = {}
+        for pair, total in maps.items():
+            mean = (total / count).cpu().numpy().astype(np.float32)
+            # float32 sums drift by ~1e-7; renormalise so rows sum to 1 exactly enough
+            out[resolution][pair] = mean / mean.sum(axis=1, keepdims=True)
+    return out
+
+
+class QueryKeyRecorder(AttentionRecorder):
+    """Keeps each image's queries and keys per layer instead of computing maps in the pass.
+
+    Used by the collection planner: UNet passes of a few images each fill one shared
+    ``store`` (``{layer name: {image index: (query, key)}}``), and `maps_from_store`
+    computes the maps of any pair afterwards, whichever passes its images were in.
+    A 32x32 SD2 layer keeps 5 MiB per image; a 64x64 layer 10 MiB.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[LayerInfo],
+        image_indices: Sequence[int],
+        store: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]],
+        **kwargs,
+    ) -> None:
+        super().__init__(layers, len(image_indices), (), **kwargs)
+        self.image_indices = list(image_indices)
+        self.store = store
+
+    @torch.no_grad()
+    def record(self, attn, hidden_states: torch.Tensor, layer: LayerInfo) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("attention extraction was cancelled")
+        query, key = project_query_key(attn, hidden_states)
+        if query.shape[0] != self.n_images:
+            raise RuntimeError(
+                f"layer {layer.name} saw batch {query.shape[0]}, expected {self.n_images}"
+            )
+        kept = self.store.setdefault(layer.name, {})
+        for position, image in enumerate(self.image_indices):
+            kept[image] = (query[position].contiguous(), key[position].contiguous())
+        self._layer_done(layer)
+
+
+def maps_from_store(
+    store: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]],
+    layers: Sequence[LayerInfo],
+    n_images: int,
+    pairs: Sequence[tuple[int, int]],
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> dict[int, dict[tuple[int, int], np.ndarray]]:
+    """Self maps of every image and cross maps of ``pairs`` from stored queries and keys.
+
+    Each layer's entries are released once its maps are summed, so memory falls as the
+    maps grow. Returns ``{grid side: {(i, j): (N, N) float32}}`` as
+    `AttentionRecorder.result` does.
+    """
+    targets = {a: [a] for a in range(n_images)}
+    for a, b in pairs:
+        if a != b and b not in targets[a]:
+            targets[a].append(b)
+    sums: dict[int, dict[tuple[int, int], torch.Tensor]] = {}
+    counts: dict[int, int] = {}
+    scratch: Scratch = None
+    for layer in layers:
+        kept = store.pop(layer.name, None)
+        if kept is None or len(kept) != n_images:
+            raise RuntimeError(f"layer {layer.name} was not recorded for every image")
+        query = [kept[i][0] for i in range(n_images)]
+        key = [kept[i][1] for i in range(n_images)]
+        del kept
+        scratch = accumulate_attention(
+            sums.setdefault(layer.resolution, {}), query, key, targets, chunk_elements, scratch
+        )
+        counts[layer.resolution] = counts.get(layer.resolution, 0) + 1
+    return finish_sums(sums, counts)
 
 
 def _softmax_into(scores: torch.Tensor, out: torch.Tensor) -> None:

@@ -1,11 +1,14 @@
 """The `Engine`: images -> latents -> one UNet pass -> `AttentionMaps`.
 
 Every image is prepared (`napari_corrseg.images.prepare_image`), resized to the model's
-square input without padding, VAE-encoded (``latent_dist.mean * scaling_factor``) and
-noised to the chosen timestep. All images get the SAME seeded noise field, so an image's
-maps do not depend on its place in the batch and two identical images give identical
-maps. One UNet pass over the batch, with the cached empty-prompt embedding, records the
-maps (`napari_corrseg.engine.capture`) and stops after the last chosen layer.
+square input without padding, encoded (the VAE's ``latent_dist.mean * scaling_factor``,
+or the fast TAESD encoder) once -- latents are cached per image
+(`napari_corrseg.latent_cache`) -- and noised to the chosen timestep. All images get the
+SAME seeded noise field, so an image's maps do not depend on its place in the batch and
+two identical images give identical maps. The images go through the UNet in passes of
+at most b images (`napari_corrseg.engine.planner`), each keeping its images' queries and
+keys at the chosen layers and stopping after the last one; the maps of the requested
+pairs are then computed from those (`napari_corrseg.engine.capture`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,19 @@ import torch
 
 from ..errors import Cancelled, InputImageError
 from ..images import prepare_image, resize_image
+from ..latent_cache import LatentCache, latent_key
 from ..maps import AttentionMaps, ImageGeometry
-from .capture import AttentionRecorder, EarlyExit, LayerInfo, select_layers, self_attention_layers
+from .capture import (
+    EarlyExit,
+    LayerInfo,
+    QueryKeyRecorder,
+    maps_from_store,
+    select_layers,
+    self_attention_layers,
+)
+from .encoders import encode_pixels
 from .models import Components
+from .planner import PassPlan, plan_passes
 
 __all__ = ["Engine"]
 
@@ -34,19 +47,51 @@ class Engine:
 
     Create it with `napari_corrseg.engine.load_engine`. Attributes other modules may use:
     ``unet``, ``vae``, ``scheduler``, ``device``, ``dtype``, ``image_size``,
-    ``identity`` (JSON-able provenance), ``is_tiny``.
+    ``identity`` (JSON-able provenance), ``is_tiny``, ``encoder`` (the module that
+    turns pixels into latents: ``vae`` or a fast encoder), ``latent_cache``,
+    ``encoder_calls`` (images actually encoded, for tests and benchmarks), ``last_plan``.
     """
 
-    def __init__(self, components: Components, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        components: Components,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        encoder: Any = None,
+        encoder_identity: dict[str, Any] | None = None,
+        latent_cache: LatentCache | None = None,
+        batch_size: int | None = None,
+        memory_budget: int | None = None,
+    ):
         self.unet = components.unet
         self.vae = components.vae
         self.scheduler = components.scheduler
         self.device = device
         self.dtype = dtype
         self.image_size = int(components.image_size)
-        self.identity: dict[str, Any] = dict(components.identity)
+        # the default VAE adds nothing, so identities (and cache keys) stay as they were
+        self.identity: dict[str, Any] = {**components.identity, **(encoder_identity or {})}
+        self.encoder = encoder if encoder is not None else components.vae
+        self.latent_cache = latent_cache if latent_cache is not None else LatentCache()
+        self.batch_size = batch_size
+        self.memory_budget = memory_budget
+        self.encoder_calls = 0
+        self.last_plan: PassPlan | None = None
         self._prompt_embedding = components.prompt_embedding
         self._lock = threading.Lock()
+
+    @property
+    def encoder_identity(self) -> dict[str, Any]:
+        """What determines a latent: model (for its VAE) or fast encoder, and dtype."""
+        if "encoder" in self.identity:
+            keys = ("encoder", "encoder_revision", "dtype")
+        else:
+            keys = ("model", "revision", "file_sha256", "dtype")
+        identity = {k: self.identity[k] for k in keys if k in self.identity}
+        # channels-last convolutions round differently (~1e-6): keep their latents apart
+        identity["channels_last"] = _is_channels_last(self.encoder)
+        return identity
 
     def __repr__(self) -> str:
         return (
@@ -70,7 +115,7 @@ class Engine:
         """The cached empty-prompt embedding repeated to ``(batch_size, tokens, dim)``."""
         return self._prompt_embedding.expand(batch_size, -1, -1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode(
         self,
         images: Sequence[np.ndarray],
@@ -111,18 +156,26 @@ class Engine:
                 progress("encode", (index + 1) / len(images))
         return torch.cat(latents), geometries
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_prepared(self, prepared: np.ndarray) -> torch.Tensor:
-        """VAE latent ``(1, 4, h, w)`` of one `prepare_image` result.
+        """Latent ``(1, 4, h, w)`` of one `prepare_image` result, through the latent cache.
 
-        The single place an image becomes a latent: a per-image latent cache can wrap it
-        (keyed by the prepared pixels and ``identity``) without changing callers.
+        The single place an image becomes a latent. A hit (same prepared pixels, encoder
+        and input size) skips the encoder; ``encoder_calls`` counts the misses.
         """
+        key = latent_key(prepared, self.encoder_identity, self.image_size)
+        cached = self.latent_cache.get(key) if self.latent_cache is not None else None
+        if cached is not None:
+            # a copy: callers may change the latent in place, the cache must not change
+            return torch.from_numpy(cached.copy()).to(device=self.device, dtype=self.dtype)
         square = resize_image(prepared, self.image_size)
         pixels = torch.from_numpy(np.ascontiguousarray(square)).permute(2, 0, 1)[None]
         pixels = (pixels * 2.0 - 1.0).to(device=self.device, dtype=self.dtype)
-        latent = self.vae.encode(pixels).latent_dist.mean
-        return latent * float(self.vae.config.scaling_factor)
+        latent = encode_pixels(self.encoder, pixels)
+        self.encoder_calls += 1
+        if self.latent_cache is not None:
+            self.latent_cache.put(key, latent.float().cpu().numpy())
+        return latent
 
     def _check_timestep(self, timestep: int) -> None:
         steps = int(self.scheduler.config.num_train_timesteps)
@@ -143,7 +196,7 @@ class Engine:
 
     # -- the main job -------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def extract(
         self,
         images: Sequence[np.ndarray],
@@ -152,11 +205,14 @@ class Engine:
         timestep: int = 261,
         seed: int = 0,
         pairs: str | Sequence[tuple[int, int]] = "all",
+        reference: int = 0,
         early_exit: bool = True,
+        batch_size: int | None = None,
+        memory_budget: int | None = None,
         progress: Progress | None = None,
         cancel: Cancel | None = None,
     ) -> AttentionMaps:
-        """Self and cross self-attention of a set of images from one UNet pass.
+        """Self and cross self-attention of a set of images, each through the UNet once.
 
         Parameters
         ----------
@@ -171,10 +227,19 @@ class Engine:
             Diffusion timestep of the noised latent (DIFT uses 261 for SD2.1).
         seed : int
             Seed of the noise.
-        pairs : "all" or sequence of (int, int)
-            Ordered cross pairs to compute; self maps are always computed.
+        pairs : "all", "reference" or sequence of (int, int)
+            Ordered cross pairs to compute: every pair, each image against ``reference``
+            (both directions), or a list; self maps are always computed.
+        reference : int
+            The reference image of ``pairs="reference"``.
         early_exit : bool
             Stop the UNet after the last chosen layer (same maps, less time).
+        batch_size : int, optional
+            Images per UNet pass (default: the engine's setting, else chosen from the
+            memory budget). The maps do not depend on it.
+        memory_budget : int, optional
+            Bytes the extraction may use beyond the weights (default: the engine's
+            setting, else half the free memory).
         progress : callable, optional
             ``progress(stage, fraction)`` with stages "load", "encode", "forward".
         cancel : callable, optional
@@ -197,27 +262,49 @@ class Engine:
         chosen = select_layers(self.unet, self.image_size, layers)
         images = _as_image_list(images)
         n_images = len(images)
-        pair_list = _check_pairs(pairs, n_images)
+        pair_list = _check_pairs(pairs, n_images, reference)
         self._check_timestep(timestep)
         report("load", 1.0)
         latents, geometries = self.encode(images, progress=progress, cancel=cancel)
-        noisy = self.add_noise(latents, timestep, seed)
-        report("forward", 0.0)
-        recorder = AttentionRecorder(
+        # planned after encoding: bad images are reported first, and encoded latents
+        # stay in the latent cache if the plan refuses the budget
+        plan = plan_passes(
+            self.unet,
+            self.image_size,
+            self.dtype,
             chosen,
             n_images,
-            pair_list,
-            early_exit=early_exit,
-            cancel=cancel,
-            on_layer=lambda fraction: progress and progress("forward", fraction),
+            len({p for p in pair_list if p[0] != p[1]}),
+            device=self.device,
+            batch_size=batch_size if batch_size is not None else self.batch_size,
+            memory_budget=memory_budget if memory_budget is not None else self.memory_budget,
         )
-        timesteps = torch.full((n_images,), int(timestep), device=self.device)
-        with self._lock, recorder.attached(self.unet):  # processors are per model: one pass
-            try:
-                self.unet(noisy, timesteps, encoder_hidden_states=self.prompt_embeddings(n_images))
-            except EarlyExit:
-                pass
-        per_side = recorder.result()
+        self.last_plan = plan
+        report("forward", 0.0)
+        store: dict = {}
+        for number, batch in enumerate(plan.batches):
+            noisy = self.add_noise(latents[batch[0] : batch[-1] + 1], timestep, seed)
+            done = number / plan.n_passes
+            recorder = QueryKeyRecorder(
+                chosen,
+                batch,
+                store,
+                early_exit=early_exit,
+                cancel=cancel,
+                on_layer=lambda f, done=done: (
+                    progress and progress("forward", done + 0.9 * f / plan.n_passes)
+                ),
+            )
+            timesteps = torch.full((len(batch),), int(timestep), device=self.device)
+            with self._lock, recorder.attached(self.unet):  # processors are per model
+                try:
+                    self.unet(
+                        noisy, timesteps, encoder_hidden_states=self.prompt_embeddings(len(batch))
+                    )
+                except EarlyExit:
+                    pass
+            del noisy
+        per_side = maps_from_store(store, chosen, n_images, pair_list)
         report("forward", 1.0)
         grid, maps = _combine_resolutions(per_side)
         settings = {
@@ -233,6 +320,14 @@ class Engine:
         return AttentionMaps(grid, geometries, maps, settings)
 
 
+def _is_channels_last(module) -> bool:
+    """Whether a module's first convolution weight is stored channels-last."""
+    for parameter in module.parameters():
+        if parameter.ndim == 4 and parameter.shape[1] * parameter.shape[2] > 1:
+            return parameter.is_contiguous(memory_format=torch.channels_last)
+    return False
+
+
 def _as_image_list(images) -> list:
     """A bare 2-D or ``(H, W, C)`` array is one image; anything else is a sequence."""
     if isinstance(images, np.ndarray) and (
@@ -242,11 +337,22 @@ def _as_image_list(images) -> list:
     return list(images)
 
 
-def _check_pairs(pairs, n_images: int) -> list[tuple[int, int]]:
-    """``"all"`` -> every ordered pair; else validate ``[(i, j), ...]``."""
+def _check_pairs(pairs, n_images: int, reference: int = 0) -> list[tuple[int, int]]:
+    """``"all"`` -> every ordered pair; ``"reference"`` -> each image against
+    ``reference``, both directions; else validate ``[(i, j), ...]``."""
     if isinstance(pairs, str):
+        if pairs == "reference":
+            if not 0 <= int(reference) < n_images:
+                raise ValueError(
+                    f"reference image {reference} does not exist; pick one of 0..{n_images - 1}"
+                )
+            others = [j for j in range(n_images) if j != int(reference)]
+            return [p for j in others for p in ((int(reference), j), (j, int(reference)))]
         if pairs != "all":
-            raise ValueError(f"pairs must be 'all' or a list of (i, j), got {pairs!r}")
+            raise ValueError(
+                f"pairs must be 'all' or a list of (i, j), or 'reference' (each image "
+                f"against one), got {pairs!r}"
+            )
         return [(i, j) for i in range(n_images) for j in range(n_images) if i != j]
     checked = []
     for pair in pairs:
