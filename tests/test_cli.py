@@ -43,7 +43,9 @@ def run(tmp_path, monkeypatch, capsys, tiny_engine):
     monkeypatch.setattr(
         engine_module,
         "load_engine",
-        lambda model="auto", **kw: tiny_engine if model == "tiny" else real_load(model, **kw),
+        lambda model="auto", *args, **kw: (
+            tiny_engine if model == "tiny" else real_load(model, *args, **kw)
+        ),
     )
     monkeypatch.setenv("NAPARI_CORRSEG_CACHE_DIR", str(tmp_path / "cache"))
 
@@ -138,25 +140,26 @@ def test_cache_hit_does_not_touch_the_model(run, images, tmp_path, monkeypatch, 
     code, _, _ = run("match", *images[:2], "--out", tmp_path / "first", "--model", "tiny", "-q")
     assert code == 0
 
-    class Untouchable:
-        identity = tiny_engine.identity
-        image_size = tiny_engine.image_size
-        is_tiny = True
-
-        def extract(self, *args, **kwargs):
-            raise AssertionError("the model ran although the maps were cached")
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although the maps were cached")
 
     import napari_corrseg.engine as engine_module
 
-    monkeypatch.setattr(engine_module, "load_engine", lambda *a, **k: Untouchable())
+    # A hit must not even load the weights: the cache key's model identity is resolved
+    # from disk (engine.LazyEngine), so loading would be wasted seconds.
+    monkeypatch.setattr(engine_module, "load_engine", must_not_load)
     code, _, err = run("match", *images[:2], "--out", tmp_path / "second", "--model", "tiny")
     assert code == 0, err
     first, second = (tmp_path / d / "pair_0_1" / "matches.csv" for d in ("first", "second"))
     assert first.read_text() == second.read_text()
     code, out, _ = run("cache", "info")
     assert code == 0 and "entries:   1" in out
+    from napari_corrseg.latent_cache import LatentCache, default_latent_dir
+
+    LatentCache(default_latent_dir()).put({"image": "any"}, np.zeros((4, 8, 8)))
     code, out, _ = run("cache", "clear")
-    assert code == 0 and "removed 1" in out
+    assert code == 0 and "removed 1 cached attention-map file(s) and 1 cached latent(s)" in out
+    assert not list(default_latent_dir().glob("*.npz"))
 
 
 def test_demo_without_picture(run, tmp_path):
@@ -192,6 +195,9 @@ def _one_error_line(err: str) -> str:
         ("out_not_empty", 5, "--overwrite"),
         ("points_outside", 3, "outside the source image"),
         ("bad_threshold", 1, "--threshold"),
+        ("negative_threshold", 1, "--threshold"),
+        ("negative_max_matches", 1, "--max-matches"),
+        ("nan_min_confidence", 1, "--min-confidence"),
         ("bad_layers", 2, "--layers"),
     ],
 )
@@ -227,10 +233,17 @@ def test_user_errors_give_one_line_and_an_exit_code(run, images, tmp_path, case,
         args += ["--layers", "99"]
     elif case == "bad_threshold":
         args = ["coseg", images[0], images[1], "--out", out, "--threshold", "high", "-q"]
+    elif case == "negative_threshold":
+        args = ["coseg", images[0], images[1], "--out", out, "--threshold", "-1", "-q"]
+    elif case == "negative_max_matches":
+        args += ["--max-matches", "-3"]
+    elif case == "nan_min_confidence":
+        args += ["--min-confidence", "nan"]
     exit_code, _, err = run(*args)
     assert exit_code == code
     assert message in _one_error_line(err)
-    if case in ("missing_image", "broken_image", "points_outside"):
+    checked_first = ("negative_threshold", "negative_max_matches", "nan_min_confidence")
+    if case in ("missing_image", "broken_image", "points_outside", *checked_first):
         assert not out.exists()  # input is checked before anything is created
     if case == "out_not_empty":
         assert (out / "thesis.docx").read_text() == "precious"

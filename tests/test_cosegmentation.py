@@ -140,6 +140,16 @@ def test_label_fractions_are_areas():
     np.testing.assert_allclose(fractions.sum(1), 1.0)
 
 
+def test_label_fractions_count_each_pixel_for_the_token_holding_its_centre():
+    # 7 pixels over 3 tokens (7/3 px each): pixel 2 spans [2, 3] in edge coordinates, two
+    # thirds of it in token 1 ([7/3, 14/3]); its centre 2.5 lies there too.
+    labels = np.zeros((1, 7), dtype=np.int32)
+    labels[0, 2] = 1
+    fractions, values = label_fractions(labels, (1, 3))
+    np.testing.assert_array_equal(values, [0, 1])
+    np.testing.assert_allclose(fractions[:, 1], [0.0, 1 / 3, 0.0])
+
+
 def test_bad_input_is_named():
     col = moving_collection(2, (16, 16), seed=0)
     with pytest.raises(ValueError, match="at least 2 images"):

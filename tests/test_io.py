@@ -141,7 +141,7 @@ def test_read_image_errors(tmp_path):
     with pytest.raises(InputImageError, match=r"nan\.tif contains NaN"):
         read_image(tmp_path / "nan.tif")
     iio.imwrite(tmp_path / "tiny.png", np.zeros((4, 4), np.uint8))
-    with pytest.raises(InputImageError, match="tiny.png"):
+    with pytest.raises(InputImageError, match=r"tiny\.png"):
         read_image(tmp_path / "tiny.png")
 
 

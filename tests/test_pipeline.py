@@ -113,6 +113,11 @@ def test_transfer_keypoints_in_pixels():
     np.testing.assert_allclose(moved.cycle_error, 0, atol=0.34)
     with pytest.raises(ValueError, match=r"\(P, 2\)"):
         transfer_keypoints(maps, 0, 1, np.zeros((3, 3)))
+    # the message speaks of the caller's pixels, not of the token grid
+    with pytest.raises(ValueError, match=r"outside the 96x144 pixel image, e.g. \(100, 5\)"):
+        transfer_keypoints(maps, 0, 1, np.array([[5.0, 5.0], [100.0, 5.0]]))
+    edge = transfer_keypoints(maps, 0, 1, np.array([[-0.5, -0.5], [95.5, 143.5]]))
+    assert edge.target_points.shape == (2, 2)  # the image's outer pixel edges are inside
 
 
 def test_query_point_best_is_the_shifted_pixel():
@@ -122,6 +127,8 @@ def test_query_point_best_is_the_shifted_pixel():
     np.testing.assert_allclose(answer.best, geo_t.grid_to_pixel(np.array([8.0, 3.0])), atol=2)
     assert answer.heatmap.shape == GRID
     assert answer.heatmap.argmax() == 8 * GRID[1] + 3
+    with pytest.raises(ValueError, match="outside the 96x144 pixel image"):
+        query_point(maps, 0, 1, (-1.0, 10.0))
 
 
 def test_grid_labels_to_pixels_follows_the_geometry():

@@ -159,6 +159,20 @@ def test_rerun_and_display_changes_update_in_place(pair_viewer, qtbot, monkeypat
     assert list(pair_viewer.layers) == layers_before
 
 
+def test_overlapping_images_keep_the_match_count_in_the_status(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(textured_image((SIZE, SIZE), 0), name="src", rgb=True)
+    viewer.add_image(textured_image((SIZE, SIZE), 1), name="tgt", rgb=True)
+    widget = make_widget(viewer, monkeypatch, SyntheticEngine())
+    widget.show_lines.setChecked(True)
+    run_and_wait(qtbot, widget)
+    status = widget.status.text()
+    assert status.startswith(f"{len(widget.result)} matches; inverse mapping score")
+    assert "the images overlap" in status
+
+
 def test_displayed_plane_of_a_stack_is_used(make_napari_viewer, qtbot, monkeypatch):
     viewer = make_napari_viewer()
     stack = np.stack([np.full((32, 32), value, dtype=np.float32) for value in (0, 1, 2)])

@@ -104,13 +104,20 @@ def test_stack_gives_one_stacked_labels_layer(make_napari_viewer, qtbot, monkeyp
     viewer = make_napari_viewer()
     stack = np.stack([textured_image((40, 40), seed) for seed in range(3)])
     viewer.add_image(stack, name="stack", rgb=True, scale=(5, 1, 1))
+    for seed in (7, 8):
+        viewer.add_image(textured_image((40, 40), seed), name=f"plain{seed}", rgb=True)
     widget = make_widget(viewer, monkeypatch, SyntheticEngine())
+    widget.images.set_checked([viewer.layers["plain7"], viewer.layers["plain8"]])
+    run_and_wait(qtbot, widget)
+    assert len(plugin_layers(viewer, "coseg:")) == 2
     widget.images.set_checked([viewer.layers["stack"]])
     run_and_wait(qtbot, widget)
     labels = plugin_layers(viewer, "coseg:stack")[0]
     assert labels.data.shape == (3, 40, 40)
     np.testing.assert_allclose(labels.scale, (5, 1, 1))
     assert set(np.unique(labels.data)) >= set(np.unique(labels.data[0]))
+    # the per-image layers of the earlier run are gone: only the stacked one is left
+    assert plugin_layers(viewer, "coseg:") == [labels]
 
 
 def test_painted_labels_propagate_to_the_other_images(collection_viewer, qtbot, monkeypatch):

@@ -1,8 +1,10 @@
-"""A shown viewer with the plugin's results, saved as the docs screenshots."""
+"""A shown viewer with the plugin's results, captured as the docs screenshots are.
+
+The pictures go to a temporary folder: the committed ones under docs/images/ are
+regenerated on purpose with ``scripts/make_screenshots.py``, never as a test's side effect.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +14,11 @@ from test_widget_support import _isolated_caches, install_engine  # noqa: F401
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
-DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 
-
-def test_screenshots_of_the_shown_viewer(make_napari_viewer, monkeypatch, tiny_engine):
+def test_screenshots_of_the_shown_viewer(make_napari_viewer, monkeypatch, tiny_engine, tmp_path):
     install_engine(monkeypatch, tiny_engine, "tiny")
     viewer = make_napari_viewer(show=True)
-    written = make_screenshots(viewer, DOCS_IMAGES, model="tiny")
+    written = make_screenshots(viewer, tmp_path, model="tiny")
     assert [path.name for path in written] == list(SCREENSHOTS)
     import imageio.v3 as iio
 

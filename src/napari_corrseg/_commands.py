@@ -131,12 +131,15 @@ def _parse_layers(text: str) -> Any:
 
 
 def _load_engine(args: argparse.Namespace, context: Context):
-    from .engine import load_engine
+    from .engine import LazyEngine
 
-    context.say(f"loading model {args.model!r} on {args.device} ...")
+    context.say(f"model {args.model!r} on {args.device} ...")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        engine = load_engine(args.model, device=args.device)
+        # Loads only when the model's identity cannot be resolved from disk or when the
+        # maps are not cached, so a cache hit skips loading the weights.
+        engine = LazyEngine(args.model, device=args.device)
+        engine.is_tiny  # noqa: B018 - resolves (or loads) now, so load errors surface here
     for warning in caught:
         if "TINY RANDOM" not in str(warning.message):
             context.warn(str(warning.message).splitlines()[0])
@@ -222,6 +225,12 @@ def run_match(args: argparse.Namespace, context: Context) -> int:
     from .io import prepare_output_dir
     from .pipeline import match_images
 
+    # checked before any image is read or model loaded (the core would raise only after
+    # the forward pass; a NaN floor would silently drop every match)
+    if args.max_matches is not None and args.max_matches < 0:
+        raise CorrsegError(f"--max-matches must be 0 or more, got {args.max_matches}")
+    if not np.isfinite(args.min_confidence):
+        raise CorrsegError(f"--min-confidence must be a number in 0..1, got {args.min_confidence}")
     paths = [args.source, *args.targets]
     images = _read_images(paths)
     out, reused = prepare_output_dir(args.out, overwrite=args.overwrite)
@@ -261,9 +270,12 @@ def _threshold(text: str) -> float | str:
     if str(text).lower() == "auto":
         return "auto"
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise CorrsegError(f"--threshold must be a number or 'auto', got {text!r}") from None
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0):
+        raise CorrsegError(f"--threshold must be a positive number or 'auto', got {text!r}")
+    return value
 
 
 def run_coseg(args: argparse.Namespace, context: Context) -> int:
@@ -368,11 +380,16 @@ def cache_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cache(args: argparse.Namespace, context: Context) -> int:
     from .cache import MapCache
+    from .latent_cache import LatentCache, default_latent_dir
 
     cache = MapCache()
     if args.action == "clear":
         count = cache.clear()
-        print(f"removed {count} cached attention-map file(s) from {cache.directory}")
+        latents = LatentCache(default_latent_dir()).clear()
+        print(
+            f"removed {count} cached attention-map file(s) and {latents} cached latent(s) "
+            f"from {cache.directory}"
+        )
     else:
         info = cache.info()
         print(

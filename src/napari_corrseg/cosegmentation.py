@@ -348,7 +348,7 @@ def label_fractions(labels_src, grid) -> tuple[np.ndarray, np.ndarray]:
     ----------
     labels_src : numpy.ndarray
         ``(h, w)`` labels on the token grid, or ``(H, W)`` labels on the source image
-        with ``H >= h`` and ``W >= w`` (each pixel counts for the token it falls in).
+        with ``H >= h`` and ``W >= w`` (each pixel counts for the token holding its centre).
     grid : tuple of int
         ``(h, w)``.
 
@@ -374,8 +374,9 @@ def label_fractions(labels_src, grid) -> tuple[np.ndarray, np.ndarray]:
     if labels.min() < 0:
         raise ValueError("labels_src has negative values; label ids must be >= 0")
     values, index = np.unique(labels, return_inverse=True)
-    rows = np.arange(labels.shape[0]) * h // labels.shape[0]
-    cols = np.arange(labels.shape[1]) * w // labels.shape[1]
+    # the token holding each pixel's centre: floor((p + 0.5) * h / H), in integers
+    rows = (2 * np.arange(labels.shape[0]) + 1) * h // (2 * labels.shape[0])
+    cols = (2 * np.arange(labels.shape[1]) + 1) * w // (2 * labels.shape[1])
     token = (rows[:, None] * w + cols[None, :]).reshape(-1)
     counts = np.bincount(token * values.size + index.reshape(-1), minlength=h * w * values.size)
     counts = counts.reshape(h * w, values.size).astype(np.float32)

@@ -237,18 +237,4 @@ def write_run(
         "versions": _versions(),
         **(extra or {}),
     }
-    return write_json(folder / RUN_FILE, _json_safe(record))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
+    return write_json(folder / RUN_FILE, record)

@@ -84,7 +84,8 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def _strict_json(value: Any) -> Any:
-    """NaN and infinities become null (strict JSON has no NaN); numpy to Python."""
+    """NaN and infinities become null (strict JSON has no NaN); numpy to Python; any
+    other object (a Path, a device) becomes its ``str``."""
     if isinstance(value, dict):
         return {str(k): _strict_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -95,11 +96,14 @@ def _strict_json(value: Any) -> Any:
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):
         return None
-    return value
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Atomically write ``data`` as indented, strict JSON (NaN and inf become null)."""
+    """Atomically write ``data`` as indented, strict JSON (NaN and inf become null,
+    objects JSON lacks become strings)."""
     text = json.dumps(_strict_json(data), indent=2, allow_nan=False)
     return write_bytes(path, (text + "\n").encode())
 

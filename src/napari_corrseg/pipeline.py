@@ -13,6 +13,7 @@ This module imports neither torch nor Qt: the engine is passed in as an object.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +76,8 @@ def _cross(maps: AttentionMaps, i: int, j: int) -> np.ndarray:
     return maps.cross(i, j)
 
 
-def _check_points(points: np.ndarray, name: str) -> np.ndarray:
+def _check_points(points: np.ndarray, name: str, image_shape: Sequence[int]) -> np.ndarray:
+    """``(P, 2)`` float64 pixel positions, each within the image (pixel centres +- 0.5)."""
     points = np.asarray(points, dtype=np.float64)
     if points.ndim == 1 and points.shape == (2,):
         points = points[None, :]
@@ -83,6 +85,16 @@ def _check_points(points: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be (P, 2) (row, col) pixel positions, got {points.shape}")
     if not np.isfinite(points).all():
         raise ValueError(f"{name} contains NaN or infinite coordinates")
+    # checked here in pixels: the core would report the same position in grid cells
+    height, width = image_shape
+    edge = 0.5 + 1e-6
+    outside = ((points < -edge) | (points > np.array([height, width]) - 1 + edge)).any(axis=1)
+    if outside.any():
+        row, col = points[np.argmax(outside)]
+        raise ValueError(
+            f"{name} has {int(outside.sum())} position(s) outside the {height}x{width} pixel "
+            f"image, e.g. ({row:g}, {col:g}); positions are (row, col) pixels"
+        )
     return points
 
 
@@ -200,8 +212,8 @@ def transfer_keypoints(
 
     source = _check_index(maps, source, "source")
     target = _check_index(maps, target, "target")
-    points_px = _check_points(points_px, "points_px")
     geo_s, geo_t = maps.geometries[source], maps.geometries[target]
+    points_px = _check_points(points_px, "points_px", geo_s.image_shape)
     moved = transfer_points(
         geo_s.pixel_to_grid(points_px),
         _cross(maps, source, target),
@@ -266,19 +278,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _segment_records(segments: Any) -> list[dict[str, Any]]:
-    records = []
-    for segment in segments or []:
-        if isinstance(segment, dict):
-            record = dict(segment)
-        elif hasattr(segment, "__dataclass_fields__"):
-            record = {name: getattr(segment, name) for name in segment.__dataclass_fields__}
-        else:
-            record = dict(vars(segment))
-        records.append(_jsonable(record))
-    return records
-
-
 def cosegment_images(
     maps: AttentionMaps,
     images: Sequence[int] | None = None,
@@ -322,10 +321,9 @@ def cosegment_images(
     geometries = [maps.geometries[i] for i in indices]
     labels_grid = [np.asarray(labels) for labels in result.labels]
     labels = [grid_labels_to_pixels(lg, g) for lg, g in zip(labels_grid, geometries, strict=True)]
-    segments = _segment_records(result.segments)
+    segments = [_jsonable(dataclasses.asdict(record)) for record in result.segments]
     for record in segments:
-        if "id" in record:
-            record["pixels"] = [int(np.count_nonzero(lab == record["id"])) for lab in labels]
+        record["pixels"] = [int(np.count_nonzero(lab == record["id"])) for lab in labels]
     return CosegmentationResult(
         labels_grid=labels_grid,
         labels=labels,
@@ -411,7 +409,7 @@ def query_point(
 
     source = _check_index(maps, source, "source")
     target = _check_index(maps, target, "target")
-    point = _check_points(point_px, "point_px")[0]
+    point = _check_points(point_px, "point_px", maps.geometries[source].image_shape)[0]
     result = query(
         _cross(maps, source, target), maps.geometries[source].pixel_to_grid(point), maps.grid
     )
@@ -440,8 +438,10 @@ def compute_maps(
 
     Parameters
     ----------
-    engine : Engine
-        From `napari_corrseg.load_engine`; only touched on a cache miss.
+    engine : Engine, LazyEngine or str
+        From `napari_corrseg.load_engine`; only touched on a cache miss. A
+        `napari_corrseg.engine.LazyEngine` (or a model name, which becomes one) is
+        loaded only on a miss: a hit never loads the model.
     images : sequence of numpy.ndarray
         The images, as the user gave them (2-D grey or ``(H, W, 3|4)``).
     layers, timestep, seed, pairs
@@ -460,6 +460,10 @@ def compute_maps(
     """
     from .cache import MapCache, cache_key
 
+    if isinstance(engine, str):
+        from .engine import LazyEngine  # imports torch, which a model needs anyway
+
+        engine = LazyEngine(engine)
     if cache is True:
         cache = MapCache()
     elif cache is False:

@@ -8,11 +8,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
-    QLabel,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QWidget,
 )
@@ -226,14 +223,3 @@ class ModelSettings(QWidget):
             "layers": parse_layers(self.layers.currentText()),
             "seed": int(self.seed.value()),
         }
-
-
-def run_controls() -> tuple[QPushButton, QPushButton, QProgressBar, QLabel]:
-    """Run and Cancel buttons, a progress bar and a status line."""
-    run_button = QPushButton("Run")
-    cancel_button = QPushButton("Cancel")
-    cancel_button.setToolTip("Stop the computation at the next safe point.")
-    bar = QProgressBar()
-    status = QLabel("")
-    status.setWordWrap(True)
-    return run_button, cancel_button, bar, status

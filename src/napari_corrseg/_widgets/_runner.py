@@ -16,9 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 from napari.qt.threading import create_worker
-from napari.utils.notifications import notification_manager, show_error, show_info
+from napari.utils.notifications import (
+    notification_manager,
+    show_error,
+    show_info,
+    show_warning,
+)
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
+from qtpy.QtWidgets import QBoxLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton
 
 from ..errors import Cancelled, CorrsegError
 
@@ -39,9 +44,9 @@ STAGE_NAMES = {
 
 
 class TaskRunner(QObject):
-    """Worker management for one widget.
+    """Worker management for one widget, with the controls it drives.
 
-    Parameters
+    Attributes
     ----------
     run_button, cancel_button : QPushButton
         Run is disabled and Cancel enabled while a job runs.
@@ -53,28 +58,33 @@ class TaskRunner(QObject):
 
     progress = Signal(str, float)
 
-    def __init__(
-        self,
-        run_button: QPushButton,
-        cancel_button: QPushButton,
-        progress_bar: QProgressBar,
-        status: QLabel,
-    ) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._run_button = run_button
-        self._cancel_button = cancel_button
-        self._bar = progress_bar
-        self._status = status
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the computation at the next safe point.")
+        self.progress_bar = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
         self._cancel_event = threading.Event()
         self.worker = None
         self.last_error: BaseException | None = None
         self.progress.connect(self._show_progress)
-        cancel_button.clicked.connect(self.cancel)
-        cancel_button.setEnabled(False)
-        progress_bar.setRange(0, 100)
-        progress_bar.setValue(0)
-        progress_bar.setTextVisible(True)
-        progress_bar.setFormat("idle")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setRange(0, 100)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.setFormat("idle")
+
+    def add_to(self, layout: QBoxLayout) -> None:
+        """Add the Run/Cancel row, the progress bar and the status line to ``layout``."""
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
 
     @property
     def running(self) -> bool:
@@ -106,14 +116,14 @@ class TaskRunner(QObject):
 
         worker = create_worker(run, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(on_result)
-        worker.errored.connect(self._on_error)
+        worker.errored.connect(self.report_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self._run_button.setEnabled(False)
-        self._cancel_button.setEnabled(True)
-        self._bar.setValue(0)
-        self._bar.setFormat("starting")
-        self._status.setText("running…")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("starting")
+        self.status.setText("running…")
         if start_thread:
             worker.start()
         return worker
@@ -122,20 +132,21 @@ class TaskRunner(QObject):
         """Ask the running job to stop at its next check."""
         if self.running:
             self._cancel_event.set()
-            self._status.setText("cancelling…")
+            self.status.setText("cancelling…")
 
     def _show_progress(self, stage: str, fraction: float) -> None:
         name = STAGE_NAMES.get(stage, stage)
-        self._bar.setValue(round(100 * min(max(fraction, 0.0), 1.0)))
-        self._bar.setFormat(f"{name} %p%")
+        self.progress_bar.setValue(round(100 * min(max(fraction, 0.0), 1.0)))
+        self.progress_bar.setFormat(f"{name} %p%")
 
-    def _on_error(self, error: BaseException) -> None:
+    def report_error(self, error: BaseException) -> None:
+        """Show ``error`` to the user: one line for user errors, a traceback for bugs."""
         self.last_error = error
         if isinstance(error, Cancelled) or self._cancel_event.is_set():
-            self._status.setText("cancelled")
+            self.status.setText("cancelled")
             show_info("napari-corrseg: run cancelled")
             return
-        self._status.setText(f"failed: {error}")
+        self.status.setText(f"failed: {error}")
         if isinstance(error, CorrsegError | ValueError):
             show_error(f"napari-corrseg: {error}")
         else:  # a bug: keep the traceback in the notification
@@ -143,14 +154,23 @@ class TaskRunner(QObject):
 
     def _on_finished(self) -> None:
         self.worker = None
-        self._run_button.setEnabled(True)
-        self._cancel_button.setEnabled(False)
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
         if self.last_error is None:
-            self._bar.setValue(100)
-            self._bar.setFormat("done")
+            self.progress_bar.setValue(100)
+            self.progress_bar.setFormat("done")
         else:
-            self._bar.setValue(0)
-            self._bar.setFormat("idle")
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat("idle")
+
+
+def warn_if_tiny(maps, results: str) -> None:
+    """Warn that ``results`` are not semantic when ``maps`` came from the tiny model."""
+    if maps.settings.get("tiny_model"):
+        show_warning(
+            f"napari-corrseg: the tiny random model was used; {results} are not "
+            "semantic. Choose sd2-base or point the model field at SD2 weights."
+        )
 
 
 # -- engine and maps kept between runs ------------------------------------------------

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from napari.layers import Image, Points
-from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -30,8 +29,8 @@ from qtpy.QtWidgets import (
 from .. import pipeline
 from ..errors import Cancelled, CorrsegError
 from . import _layers as L
-from ._controls import LayerCombo, ModelSettings, run_controls
-from ._runner import TaskRunner, maps_for_images
+from ._controls import LayerCombo, ModelSettings
+from ._runner import TaskRunner, maps_for_images, warn_if_tiny
 
 #: Colormap of each reliability map; True means shown when first created.
 METRIC_STYLE = {
@@ -94,11 +93,10 @@ class CorrespondenceWidget(QWidget):
         self.show_metrics.setToolTip(
             "Add entropy, density and NIMS on the target and cycle error on the source."
         )
-        self.run_button, self.cancel_button, self.progress_bar, self.status = run_controls()
+        self.runner = TaskRunner()
+        self.run_button, self.cancel_button = self.runner.run_button, self.runner.cancel_button
+        self.progress_bar, self.status = self.runner.progress_bar, self.runner.status
         self.run_button.setToolTip("Compute correspondences (runs the model once per pair).")
-        self.runner = TaskRunner(
-            self.run_button, self.cancel_button, self.progress_bar, self.status
-        )
 
         self.query_enabled = QCheckBox("click to query")
         self.query_enabled.setToolTip(
@@ -106,6 +104,9 @@ class CorrespondenceWidget(QWidget):
             "best match. Uses the computed maps; takes milliseconds."
         )
         self.query_reverse = QCheckBox("reverse (click on the target)")
+        self.query_reverse.setToolTip(
+            "Click on the target instead: the heatmap and best match appear on the source."
+        )
         self.keypoints = LayerCombo(napari_viewer, Points, user_layers_only=True)
         self.keypoints.setToolTip("Your Points layer of keypoints on the source image.")
         self.transfer_button = QPushButton("Transfer keypoints")
@@ -139,12 +140,7 @@ class CorrespondenceWidget(QWidget):
         display.addRow(self.show_lines)
         display.addRow(self.show_metrics)
         layout.addLayout(display)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status)
+        self.runner.add_to(layout)
         query = QGroupBox("Query a point")
         query_layout = QVBoxLayout(query)
         query_layout.addWidget(self.query_enabled)
@@ -177,7 +173,7 @@ class CorrespondenceWidget(QWidget):
             images = [L.image_plane(source, self.viewer), L.image_plane(target, self.viewer)]
             settings = self.settings.values()
         except CorrsegError as error:
-            self.runner._on_error(error)
+            self.runner.report_error(error)
             return None
         n_matches = int(self.n_matches.value())
 
@@ -198,11 +194,7 @@ class CorrespondenceWidget(QWidget):
                     self.maps, 0, 1, max_matches=int(self.n_matches.value())
                 )
             self._show_result()
-            if self.maps.settings.get("tiny_model"):
-                show_warning(
-                    "napari-corrseg: the tiny random model was used; results are not "
-                    "semantic. Choose sd2-base or point the model field at SD2 weights."
-                )
+            warn_if_tiny(self.maps, "results")
 
         return self.runner.start(job, done, start_thread=start_thread)
 
@@ -225,11 +217,14 @@ class CorrespondenceWidget(QWidget):
     def _show_result(self) -> None:
         if self.result is None or not self._pair_alive():
             return
+        # before the layers: drawing the lines may add an overlap hint to this line
+        self.status.setText(self._summary())
         self._refresh_metrics()
         self._apply_confidence()
-        self.status.setText(
-            f"{len(self.result)} matches; inverse mapping score {self.result.ims:.2f} grid cells"
-        )
+
+    def _summary(self) -> str:
+        result = self.result
+        return f"{len(result)} matches; inverse mapping score {result.ims:.2f} grid cells"
 
     def _apply_confidence(self, *_: Any) -> None:
         """Show only matches at or above the confidence floor (both sides, and lines).
@@ -286,8 +281,8 @@ class CorrespondenceWidget(QWidget):
         L.upsert_lines(self.viewer, lines, colors, role="matches:lines", name="match lines")
         if _extents_overlap(source, target):
             self.status.setText(
-                "the images overlap: translate the target layer beside the source to "
-                "see the lines clearly"
+                f"{self._summary()}; the images overlap: translate the target layer "
+                "beside the source to see the lines clearly"
             )
 
     def _refresh_metrics(self, *_: Any) -> None:
@@ -298,8 +293,7 @@ class CorrespondenceWidget(QWidget):
                 L.remove_plugin_layer(self.viewer, role)
                 continue
             metric = self.result.metrics[name]
-            layer = self.pair_layers[0] if metric.image == self.result.source else None
-            layer = layer or self.pair_layers[1]
+            layer = self.pair_layers[0 if metric.image == self.result.source else 1]
             values = metric.values.astype(np.float32)
             L.upsert_layer(
                 self.viewer,
@@ -384,7 +378,7 @@ class CorrespondenceWidget(QWidget):
         try:
             self.transfer()
         except (CorrsegError, ValueError) as error:
-            self.runner._on_error(error)
+            self.runner.report_error(error)
 
     def transfer(self, points_layer=None):
         """Carry a Points layer on the source to the target as a new plugin layer."""

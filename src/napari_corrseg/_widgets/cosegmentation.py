@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -28,8 +27,8 @@ from qtpy.QtWidgets import (
 from .. import pipeline
 from ..errors import CorrsegError
 from . import _layers as L
-from ._controls import LayerChecklist, LayerCombo, ModelSettings, run_controls
-from ._runner import TaskRunner, maps_for_images
+from ._controls import LayerChecklist, LayerCombo, ModelSettings
+from ._runner import TaskRunner, maps_for_images, warn_if_tiny
 
 TABLE_COLUMNS = ("id", "images", "consistency", "pixels")
 
@@ -65,7 +64,7 @@ class CosegmentationWidget(QWidget):
             "the value used is shown either way."
         )
         self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.0, 100.0)
+        self.threshold.setRange(0.0, 1e6)  # an auto value is shown unclamped
         self.threshold.setDecimals(3)
         self.threshold.setSingleStep(0.05)
         self.threshold.setEnabled(False)
@@ -73,11 +72,10 @@ class CosegmentationWidget(QWidget):
             "Symmetric-KL merge threshold: higher merges more (fewer, larger segments). "
             "Changing it reuses the computed maps."
         )
-        self.run_button, self.cancel_button, self.progress_bar, self.status = run_controls()
+        self.runner = TaskRunner()
+        self.run_button, self.cancel_button = self.runner.run_button, self.runner.cancel_button
+        self.progress_bar, self.status = self.runner.progress_bar, self.runner.status
         self.run_button.setToolTip("Compute co-segmentation (one forward pass for all images).")
-        self.runner = TaskRunner(
-            self.run_button, self.cancel_button, self.progress_bar, self.status
-        )
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
         self.table.setToolTip(
@@ -109,12 +107,7 @@ class CosegmentationWidget(QWidget):
         threshold.addWidget(self.auto_threshold)
         threshold.addWidget(self.threshold)
         layout.addLayout(threshold)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status)
+        self.runner.add_to(layout)
         layout.addWidget(self.table)
         propagate = QGroupBox("Label propagation")
         form = QFormLayout(propagate)
@@ -142,7 +135,7 @@ class CosegmentationWidget(QWidget):
             layers, images, is_stack = self._read_inputs()
             settings = self.settings.values()
         except CorrsegError as error:
-            self.runner._on_error(error)
+            self.runner.report_error(error)
             return None
         threshold = self._threshold_value()
 
@@ -157,11 +150,7 @@ class CosegmentationWidget(QWidget):
             self.maps, self.result = output
             self.input_layers, self.is_stack = layers, is_stack
             self._show_result()
-            if self.maps.settings.get("tiny_model"):
-                show_warning(
-                    "napari-corrseg: the tiny random model was used; segments are not "
-                    "semantic. Choose sd2-base or point the model field at SD2 weights."
-                )
+            warn_if_tiny(self.maps, "segments")
 
         return self.runner.start(job, done, start_thread=start_thread)
 
@@ -176,7 +165,7 @@ class CosegmentationWidget(QWidget):
         try:
             self.result = pipeline.cosegment_images(self.maps, threshold=self._threshold_value())
         except (CorrsegError, ValueError) as error:
-            self.runner._on_error(error)
+            self.runner.report_error(error)
             return
         self._show_result()
 
@@ -199,6 +188,7 @@ class CosegmentationWidget(QWidget):
                 scale=(float(layer.scale[0]), *scale),
                 translate=(float(layer.translate[0]), *translate),
             )
+            self._remove_stale_labels(0)  # per-image layers of an earlier run on layers
         else:
             for index, layer in enumerate(self.input_layers):
                 L.upsert_layer(
@@ -226,7 +216,8 @@ class CosegmentationWidget(QWidget):
         )
 
     def _remove_stale_labels(self, n_images: int) -> None:
-        """Drop our per-image Labels layers of a previous, larger collection."""
+        """Drop our per-image Labels layers of a previous, larger collection (all of them
+        for ``0``), and the stacked layer unless this run was on a stack."""
         for layer in list(self.viewer.layers):
             mark = layer.metadata.get(L.PLUGIN_KEY, {})
             role = mark.get("role", "") if isinstance(mark, dict) else ""
@@ -262,7 +253,7 @@ class CosegmentationWidget(QWidget):
         try:
             self.propagate()
         except (CorrsegError, ValueError) as error:
-            self.runner._on_error(error)
+            self.runner.report_error(error)
 
     def propagate(self, labels_layer=None, image_layer=None) -> list:
         """Carry a painted Labels layer to every other image of the last run.
