@@ -200,9 +200,8 @@ class AttentionRecorder:
             for name, processor in originals.items():
                 unet.get_submodule(name).set_processor(processor)
 
-    @torch.no_grad()
-    def record(self, attn, hidden_states: torch.Tensor, layer: LayerInfo) -> None:
-        """Add this layer's head-averaged maps to the running sums."""
+    def _query_key(self, attn, hidden_states: torch.Tensor, layer: LayerInfo):
+        """Check for a cancel, then project this layer's per-head queries and keys."""
         if self.cancel is not None and self.cancel():
             raise Cancelled("attention extraction was cancelled")
         query, key = project_query_key(attn, hidden_states)
@@ -210,6 +209,12 @@ class AttentionRecorder:
             raise RuntimeError(
                 f"layer {layer.name} saw batch {query.shape[0]}, expected {self.n_images}"
             )
+        return query, key
+
+    @torch.no_grad()
+    def record(self, attn, hidden_states: torch.Tensor, layer: LayerInfo) -> None:
+        """Add this layer's head-averaged maps to the running sums."""
+        query, key = self._query_key(attn, hidden_states, layer)
         sums = self.sums.setdefault(layer.resolution, {})
         self._scratch = accumulate_attention(
             sums, query, key, self.targets, self.chunk_elements, self._scratch
@@ -342,13 +347,7 @@ class QueryKeyRecorder(AttentionRecorder):
 
     @torch.no_grad()
     def record(self, attn, hidden_states: torch.Tensor, layer: LayerInfo) -> None:
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("attention extraction was cancelled")
-        query, key = project_query_key(attn, hidden_states)
-        if query.shape[0] != self.n_images:
-            raise RuntimeError(
-                f"layer {layer.name} saw batch {query.shape[0]}, expected {self.n_images}"
-            )
+        query, key = self._query_key(attn, hidden_states, layer)
         kept = self.store.setdefault(layer.name, {})
         for position, image in enumerate(self.image_indices):
             kept[image] = (query[position].contiguous(), key[position].contiguous())
