@@ -8,11 +8,14 @@ Fixtures (session-scoped, built once, imported lazily so numpy-only tests stay f
 * ``tiny_model_dir``: the same model saved with ``save_pretrained`` in the SD2 folder
   layout (unet, vae, text_encoder, tokenizer, scheduler, model_index.json).
 * ``two_images``: two small different RGB float images as numpy arrays.
+* ``hub_cache``: an empty, offline Hugging Face cache; call it with ``(folder, repo_id)``
+  to lay a folder out as a downloaded snapshot at revision ``FAKE_COMMIT``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 
@@ -54,3 +57,29 @@ def two_images():
     first = np.stack([rows / 95, cols / 127, 0.5 + 0 * rows], axis=-1)
     second = rng.random((80, 64, 3))
     return [first.astype(np.float32), second.astype(np.float32)]
+
+
+FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty offline Hugging Face cache and a function that puts a folder in it."""
+    import huggingface_hub.constants
+
+    from napari_corrseg.engine import ENV_VAR
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+    def put(folder, repo_id):
+        """Lay out ``folder`` as the hub cache holds a downloaded snapshot of ``repo_id``."""
+        repo = cache / ("models--" + repo_id.replace("/", "--"))
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(FAKE_COMMIT)
+        shutil.copytree(folder, repo / "snapshots" / FAKE_COMMIT)
+
+    return put

