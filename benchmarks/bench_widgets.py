@@ -19,24 +19,11 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import sys
 import time
 
 import numpy as np
 
-
-def _under_display() -> None:
-    if os.environ.get("DISPLAY") or os.environ.get("_CORRSEG_UNDER_XVFB"):
-        os.environ.pop("QT_QPA_PLATFORM", None)
-        return
-    xvfb_run = shutil.which("xvfb-run")
-    if xvfb_run is None:
-        sys.exit("no display and no xvfb-run: install xvfb (bash scripts/install-xvfb.sh)")
-    os.environ["_CORRSEG_UNDER_XVFB"] = "1"
-    screen = ["-s", "-screen 0 1600x1000x24"]
-    os.execv(xvfb_run, [xvfb_run, "-a", *screen, sys.executable, *sys.argv])
+from napari_corrseg._display import ensure_display
 
 
 def _pump(seconds: float = 0.0) -> None:
@@ -151,7 +138,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="napari widget latency benchmark")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    _under_display()
+    ensure_display("1600x1000x24")
     import napari
 
     from napari_corrseg._widgets import CorrespondenceWidget

@@ -10,9 +10,6 @@ the pictures, or pass ``--model sd2-base`` on a machine with the weights.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,14 +20,9 @@ def main() -> int:
     parser.add_argument("--model", default="tiny", help="model for the widgets (default tiny)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"), help="output folder")
     args = parser.parse_args()
-    if not os.environ.get("DISPLAY") and not os.environ.get("_CORRSEG_UNDER_XVFB"):
-        xvfb_run = shutil.which("xvfb-run")
-        if xvfb_run is None:
-            sys.exit("no display and no xvfb-run: install xvfb (bash scripts/install-xvfb.sh)")
-        os.environ["_CORRSEG_UNDER_XVFB"] = "1"
-        screen = ["-s", "-screen 0 1920x1080x24"]
-        os.execv(xvfb_run, [xvfb_run, "-a", *screen, sys.executable, *sys.argv])
-    os.environ.pop("QT_QPA_PLATFORM", None)  # offscreen cannot draw napari's canvas
+    from napari_corrseg._display import ensure_display
+
+    ensure_display("1920x1080x24")
 
     import napari
 
