@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_corrseg.cache import MapCache, cache_key
-from napari_corrseg.maps import AttentionMaps, ImageGeometry
+from napari_corrseg.core.maps import AttentionMaps, ImageGeometry
+from napari_corrseg.files.cache import MapCache, cache_key
 
 
 def _maps(side: int) -> AttentionMaps:
@@ -51,7 +51,7 @@ def main() -> None:
             size = cache.path_for(key).stat().st_size
             rows.append((f"{side}x{side}", size / 2**20, put * 1e3, get * 1e3))
     from napari_corrseg.engine import load_engine
-    from napari_corrseg.sample_data import load_sample_pair
+    from napari_corrseg.files.sample_data import load_sample_pair
 
     engine = load_engine("tiny", device="cpu")
     pair = load_sample_pair()

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import numpy as np
 from scipy.stats import rankdata
 
-from napari_corrseg.correspondence import (
+from napari_corrseg.core.correspondence import (
     aggregate_attention,
     inverse_mapping,
     match,

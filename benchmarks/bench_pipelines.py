@@ -39,7 +39,7 @@ from napari_corrseg.engine.extract import Engine
 from napari_corrseg.engine.features import DiftSettings, extract_dift_features
 from napari_corrseg.engine.models import CONFIG_DIR, Components
 from napari_corrseg.harness.methods import cosine_argmax_upsampled
-from napari_corrseg.pipeline import transfer_keypoints
+from napari_corrseg.tasks.pipeline import transfer_keypoints
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -110,7 +110,7 @@ def _time(function):
 
 
 def _vae_seconds(engine: Engine, images, size: int) -> float:
-    from napari_corrseg.images import prepare_image, resize_image
+    from napari_corrseg.core.images import prepare_image, resize_image
 
     start = time.perf_counter()
     with torch.no_grad():

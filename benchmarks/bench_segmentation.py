@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from napari_corrseg.cosegmentation import cosegment, propagate_labels
-from napari_corrseg.evaluation import adjusted_rand_index
-from napari_corrseg.segmentation import segment
+from napari_corrseg.core.cosegmentation import cosegment, propagate_labels
+from napari_corrseg.core.evaluation import adjusted_rand_index
+from napari_corrseg.core.segmentation import segment
 from napari_corrseg.synthetic.regions import (
     attention_from_labels,
     moving_collection,

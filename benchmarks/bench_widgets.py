@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from napari_corrseg._display import ensure_display
+from napari_corrseg.cli.display import ensure_display
 
 
 def _pump(seconds: float = 0.0) -> None:
@@ -37,7 +37,7 @@ def _pump(seconds: float = 0.0) -> None:
 
 
 def _synthetic_maps(grid: tuple[int, int], size: int):
-    from napari_corrseg.maps import AttentionMaps, ImageGeometry
+    from napari_corrseg.core.maps import AttentionMaps, ImageGeometry
     from napari_corrseg.synthetic.warps import make_pair, translation
 
     pair = make_pair(grid, translation((0, 2)), temperature=0.7, seed=0)

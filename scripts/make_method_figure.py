@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from napari_corrseg.correspondence import inverse_mapping, match
+from napari_corrseg.core.correspondence import inverse_mapping, match
 from napari_corrseg.synthetic.warps import Warp, make_pair, scaling, smooth_warp
 
 GRID = (32, 32)

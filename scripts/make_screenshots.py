@@ -20,7 +20,7 @@ def main() -> int:
     parser.add_argument("--model", default="tiny", help="model for the widgets (default tiny)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"), help="output folder")
     args = parser.parse_args()
-    from napari_corrseg._display import ensure_display
+    from napari_corrseg.cli.display import ensure_display
 
     ensure_display("1920x1080x24")
 

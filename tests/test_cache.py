@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from napari_corrseg.cache import MapCache, cache_key, default_cache_dir, image_hash
-from napari_corrseg.maps import AttentionMaps, ImageGeometry
-from napari_corrseg.pipeline import compute_maps
+from napari_corrseg.core.maps import AttentionMaps, ImageGeometry
+from napari_corrseg.files.cache import MapCache, cache_key, default_cache_dir, image_hash
+from napari_corrseg.tasks.pipeline import compute_maps
 
 GRID = (4, 4)
 

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from napari_corrseg import cli
-from napari_corrseg.export import MATCH_COLUMNS
+from napari_corrseg.files.export import MATCH_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,7 @@ def test_cache_hit_does_not_touch_the_model(run, images, tmp_path, monkeypatch, 
     assert first.read_text() == second.read_text()
     code, out, _ = run("cache", "info")
     assert code == 0 and "entries:   1" in out
-    from napari_corrseg.latent_cache import LatentCache, default_latent_dir
+    from napari_corrseg.files.latent_cache import LatentCache, default_latent_dir
 
     LatentCache(default_latent_dir()).put({"image": "any"}, np.zeros((4, 8, 8)))
     code, out, _ = run("cache", "clear")

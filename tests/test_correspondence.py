@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_corrseg.correspondence import (
+from napari_corrseg.core.correspondence import (
     aggregate_attention,
     inverse_mapping,
     match,

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_corrseg.cosegmentation import (
+from napari_corrseg.core.cosegmentation import (
     Cosegmentation,
     cosegment,
     label_fractions,
     propagate_labels,
     score_segments,
 )
-from napari_corrseg.evaluation import adjusted_rand_index, jaccard
-from napari_corrseg.maps import token_coordinates
+from napari_corrseg.core.evaluation import adjusted_rand_index, jaccard
+from napari_corrseg.core.maps import token_coordinates
 from napari_corrseg.synthetic.regions import attention_from_labels, moving_collection
 
 
@@ -178,7 +178,7 @@ def test_bad_input_is_named():
 @pytest.mark.slow
 def test_tiny_engine_maps_go_through_segment_and_cosegment(tiny_engine, two_images):
     # the tiny model is random, so only the contract is checked, not the segments
-    from napari_corrseg.segmentation import segment
+    from napari_corrseg.core.segmentation import segment
 
     maps = tiny_engine.extract(two_images)
     grid = maps.grid

@@ -336,8 +336,8 @@ def test_named_objects_and_variables_exist():
 
 
 def test_resolve_finds_real_names_and_rejects_invented_ones():
-    from napari_corrseg.maps import AttentionMaps
+    from napari_corrseg.core.maps import AttentionMaps
 
-    assert _resolve("napari_corrseg.maps.AttentionMaps") is AttentionMaps
+    assert _resolve("napari_corrseg.core.maps.AttentionMaps") is AttentionMaps
     with pytest.raises(AttributeError):
-        _resolve("napari_corrseg.maps.NoSuchThing")
+        _resolve("napari_corrseg.core.maps.NoSuchThing")

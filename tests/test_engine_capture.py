@@ -152,7 +152,7 @@ def test_layers_of_one_side_are_averaged(tiny_engine, two_images):
 
 
 def test_several_resolutions_are_aggregated_on_the_finest_grid(tiny_engine, two_images):
-    aggregate = pytest.importorskip("napari_corrseg.correspondence").aggregate_attention
+    aggregate = pytest.importorskip("napari_corrseg.core.correspondence").aggregate_attention
     coarse = tiny_engine.extract(two_images, layers=8, pairs=[(0, 1)])
     fine = tiny_engine.extract(two_images, layers=16, pairs=[(0, 1)])
     both = tiny_engine.extract(two_images, layers=[8, 16], pairs=[(0, 1)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_corrseg.evaluation import (
+from napari_corrseg.core.evaluation import (
     adjusted_rand_index,
     dataset_scores,
     hungarian_match,

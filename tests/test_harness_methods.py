@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_corrseg.core.maps import AttentionMaps, ImageGeometry
 from napari_corrseg.harness.methods import (
     AttentionMethod,
     _follow_nearest_match,
@@ -12,7 +13,6 @@ from napari_corrseg.harness.methods import (
     cosine_argmax_upsampled,
     make_method,
 )
-from napari_corrseg.maps import AttentionMaps, ImageGeometry
 from napari_corrseg.synthetic.warps import make_pair, translation
 
 torch = pytest.importorskip("torch")

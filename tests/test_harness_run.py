@@ -163,7 +163,7 @@ def test_cosegmentation_scores_by_hand():
 
 @pytest.mark.slow
 def test_cosegmentation_folder_end_to_end(tmp_path, tiny_engine):
-    pytest.importorskip("napari_corrseg.cosegmentation")
+    pytest.importorskip("napari_corrseg.core.cosegmentation")
     from napari_corrseg.harness.coseg import evaluate_cosegmentation
 
     root = synthetic_data.write_coseg_folder(tmp_path / "coseg", n_images=2)

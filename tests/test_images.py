@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_corrseg.core.images import MIN_IMAGE_SIDE, prepare_image, resize_image
 from napari_corrseg.errors import InputImageError
-from napari_corrseg.images import MIN_IMAGE_SIDE, prepare_image, resize_image
 
 
 def test_grayscale_uint8_becomes_three_equal_channels():

@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from napari_corrseg.errors import InputImageError, OutputError
-from napari_corrseg.io import (
+from napari_corrseg.files.io import (
     atomic_path,
     display_rgb,
     prepare_output_dir,
@@ -47,7 +47,7 @@ def test_killed_process_leaves_only_a_hidden_partial_file(tmp_path):
     target = tmp_path / "labels_0.tif"
     script = textwrap.dedent(f"""
         import sys, time
-        from napari_corrseg.io import atomic_path
+        from napari_corrseg.files.io import atomic_path
         with atomic_path({str(target)!r}) as temporary:
             temporary.write_bytes(b"II*\\x00" + b"\\x00" * 1000)
             print("written", flush=True)

@@ -40,7 +40,7 @@ def _resolve(command):
 
 
 def test_sample_data_gives_two_rgb_layers_side_by_side():
-    from napari_corrseg._sample import sample_pair, sample_pair_side_by_side
+    from napari_corrseg._widgets.sample import sample_pair, sample_pair_side_by_side
 
     pair = sample_pair()
     assert [meta["name"] for _, meta in pair] == ["sample A", "sample B"]
@@ -72,7 +72,7 @@ def test_writer_saves_both_match_layers_as_one_csv(tmp_path):
     from napari.plugins.io import save_layers
     from npe2 import PluginManager
 
-    from napari_corrseg.export import MATCH_COLUMNS
+    from napari_corrseg.files.export import MATCH_COLUMNS
 
     PluginManager.instance().discover()  # what napari does at start-up
     layers, source, target, features = _match_layers()
@@ -92,7 +92,7 @@ def test_writer_saves_both_match_layers_as_one_csv(tmp_path):
 def test_writer_refuses_layers_that_are_not_a_match_pair(tmp_path):
     from napari.layers import Points
 
-    from napari_corrseg._writers import write_matches_csv
+    from napari_corrseg._widgets.writers import write_matches_csv
 
     layers, *_ = _match_layers()
     stranger = Points(np.zeros((5, 2)))

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from napari_corrseg.core.maps import AttentionMaps, ImageGeometry
 from napari_corrseg.errors import CorrsegError
-from napari_corrseg.maps import AttentionMaps, ImageGeometry
-from napari_corrseg.pipeline import (
+from napari_corrseg.synthetic.warps import identity, make_pair, translation
+from napari_corrseg.tasks.pipeline import (
     compute_maps,
     grid_labels_to_pixels,
     match_images,
@@ -23,7 +24,6 @@ from napari_corrseg.pipeline import (
     segment_image,
     transfer_keypoints,
 )
-from napari_corrseg.synthetic.warps import identity, make_pair, translation
 
 GRID = (12, 12)
 SHIFT = (2.0, -3.0)
@@ -158,7 +158,7 @@ def test_pixel_labels_to_grid_majority_vote_and_errors():
 
 
 def test_propagate_label_image_carries_regions_across_a_shift():
-    pytest.importorskip("napari_corrseg.cosegmentation")
+    pytest.importorskip("napari_corrseg.core.cosegmentation")
     maps, _ = _maps(translation((0.0, 2.0)))
     geo_s = maps.geometries[0]
     grid_labels = np.zeros(GRID, dtype=np.int64)
@@ -189,9 +189,9 @@ def test_segment_image_gives_pixel_labels_of_the_image_shape():
 
 
 def test_cosegment_images_ids_agree_across_images():
-    pytest.importorskip("napari_corrseg.cosegmentation")
-    from napari_corrseg.pipeline import cosegment_images
+    pytest.importorskip("napari_corrseg.core.cosegmentation")
     from napari_corrseg.synthetic.regions import moving_collection
+    from napari_corrseg.tasks.pipeline import cosegment_images
 
     grid = (16, 16)
     scene = moving_collection(2, grid, n_objects=2, seed=3)
@@ -225,7 +225,7 @@ class _CountingEngine:
 
 
 def test_compute_maps_uses_the_cache(tmp_path):
-    from napari_corrseg.cache import MapCache
+    from napari_corrseg.files.cache import MapCache
 
     maps, _ = _maps(identity())
     engine = _CountingEngine(maps)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_corrseg.evaluation import adjusted_rand_index
-from napari_corrseg.segmentation import (
+from napari_corrseg.core.evaluation import adjusted_rand_index
+from napari_corrseg.core.segmentation import (
     Segmentation,
     anchor_tokens,
     pool_keys,

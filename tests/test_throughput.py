@@ -187,8 +187,8 @@ def test_model_identity_matches_the_loaded_engine(hub_cache, tiny_model_dir, tin
 
 
 def test_a_map_cache_hit_never_loads_the_model(tmp_path, two_images):
-    from napari_corrseg.cache import MapCache
-    from napari_corrseg.pipeline import compute_maps
+    from napari_corrseg.files.cache import MapCache
+    from napari_corrseg.tasks.pipeline import compute_maps
 
     cache = MapCache(tmp_path / "maps")
     first = LazyEngine("tiny", device="cpu", latent_cache=False)

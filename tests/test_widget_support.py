@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
+from napari_corrseg.core.maps import AttentionMaps, ImageGeometry
 from napari_corrseg.errors import Cancelled
-from napari_corrseg.maps import AttentionMaps, ImageGeometry
 
 GRID = (16, 16)
 #: The synthetic pair's warp: target = source shifted by this many tokens (row, col).

@@ -8,33 +8,55 @@ never pulls in torch, diffusers or Qt.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
-    "AttentionMaps": "maps",
-    "ImageGeometry": "maps",
+    "AttentionMaps": "core.maps",
+    "ImageGeometry": "core.maps",
     "load_engine": "engine",
-    "inverse_mapping": "correspondence",
-    "InverseMapping": "correspondence",
-    "match": "correspondence",
-    "Matches": "correspondence",
-    "query": "correspondence",
-    "transfer_points": "correspondence",
-    "aggregate_attention": "correspondence",
-    "segment": "segmentation",
-    "Segmentation": "segmentation",
-    "cosegment": "cosegmentation",
-    "Cosegmentation": "cosegmentation",
-    "propagate_labels": "cosegmentation",
+    "inverse_mapping": "core.correspondence",
+    "InverseMapping": "core.correspondence",
+    "match": "core.correspondence",
+    "Matches": "core.correspondence",
+    "query": "core.correspondence",
+    "transfer_points": "core.correspondence",
+    "aggregate_attention": "core.correspondence",
+    "segment": "core.segmentation",
+    "Segmentation": "core.segmentation",
+    "cosegment": "core.cosegmentation",
+    "Cosegmentation": "core.cosegmentation",
+    "propagate_labels": "core.cosegmentation",
+}
+
+#: Modules that lived at the top of the package before it was grouped by layer: the old
+#: import paths (``napari_corrseg.maps``, ``from napari_corrseg.io import read_image``)
+#: keep working and give the same module objects.
+MOVED_MODULES = {
+    "maps": "core.maps",
+    "correspondence": "core.correspondence",
+    "segmentation": "core.segmentation",
+    "cosegmentation": "core.cosegmentation",
+    "evaluation": "core.evaluation",
+    "images": "core.images",
+    "io": "files.io",
+    "export": "files.export",
+    "cache": "files.cache",
+    "latent_cache": "files.latent_cache",
+    "sample_data": "files.sample_data",
+    "pipeline": "tasks.pipeline",
+    "results": "tasks.results",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .correspondence import (
+    from .core.correspondence import (
         InverseMapping,
         Matches,
         aggregate_attention,
@@ -43,15 +65,38 @@ if TYPE_CHECKING:  # pragma: no cover
         query,
         transfer_points,
     )
-    from .cosegmentation import Cosegmentation, cosegment, propagate_labels
+    from .core.cosegmentation import Cosegmentation, cosegment, propagate_labels
+    from .core.maps import AttentionMaps, ImageGeometry
+    from .core.segmentation import Segmentation, segment
     from .engine import load_engine
-    from .maps import AttentionMaps, ImageGeometry
-    from .segmentation import Segmentation, segment
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import ``napari_corrseg.<old name>`` as the module it moved to (same object)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        prefix, _, name = fullname.partition(".")
+        if prefix != __name__ or name not in MOVED_MODULES:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        moved = spec.name.partition(".")[2]
+        return importlib.import_module(f"{__name__}.{MOVED_MODULES[moved]}")
+
+    def exec_module(self, module):  # the target module is already executed
+        pass
+
+
+if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())
 
 
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
+        if name in MOVED_MODULES:  # napari_corrseg.maps without importing it first
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'napari_corrseg' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value

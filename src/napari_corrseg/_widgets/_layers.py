@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.maps import ImageGeometry
 from ..errors import InputImageError
-from ..maps import ImageGeometry
 
 #: Key of the metadata entry that marks a layer as created by this plugin.
 PLUGIN_KEY = "napari_corrseg"

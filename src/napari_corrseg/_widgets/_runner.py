@@ -252,7 +252,7 @@ def maps_for_images(
     Runs in the worker thread. ``settings`` holds ``model``, ``device``, ``layers``,
     ``timestep`` and ``seed`` (from `ModelSettings.values`).
     """
-    from .. import pipeline
+    from ..tasks import pipeline
     from ._layers import image_hash
 
     key = (

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from ..io import read_points_csv
-from ..sample_data import load_sample_pair, sample_paths
+from ..files.io import read_points_csv
+from ..files.sample_data import load_sample_pair, sample_paths
 from . import _layers as L
 from .correspondence import CorrespondenceWidget
 from .cosegmentation import CosegmentationWidget

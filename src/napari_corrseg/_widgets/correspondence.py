@@ -1,6 +1,6 @@
 """The Correspondence dock widget: matches, reliability maps, point queries, transfer.
 
-All computation goes through `napari_corrseg.pipeline` (the same functions the command
+All computation goes through `napari_corrseg.tasks.pipeline` (the same functions the command
 line calls); this module only reads layers, runs the worker and builds result layers.
 """
 
@@ -26,8 +26,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .. import pipeline
 from ..errors import Cancelled, CorrsegError
+from ..tasks import pipeline
 from . import _layers as L
 from ._controls import LayerCombo, ModelSettings
 from ._runner import TaskRunner, maps_for_images, warn_if_tiny

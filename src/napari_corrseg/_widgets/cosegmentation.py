@@ -1,6 +1,6 @@
 """The Co-segmentation dock widget: shared labels across images, and label propagation.
 
-All computation goes through `napari_corrseg.pipeline`; this module reads layers, runs
+All computation goes through `napari_corrseg.tasks.pipeline`; this module reads layers, runs
 the worker and builds Labels layers and the table of shared segments.
 """
 
@@ -24,8 +24,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .. import pipeline
 from ..errors import CorrsegError
+from ..tasks import pipeline
 from . import _layers as L
 from ._controls import LayerChecklist, LayerCombo, ModelSettings
 from ._runner import TaskRunner, maps_for_images, warn_if_tiny

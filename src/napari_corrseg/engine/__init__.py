@@ -1,7 +1,7 @@
 """The only part of napari-corrseg that imports torch and diffusers.
 
 ``load_engine`` picks and loads a Stable Diffusion 2 model; the returned `Engine` turns
-images into `napari_corrseg.maps.AttentionMaps`, each image encoded once (latent cache)
+images into `napari_corrseg.core.maps.AttentionMaps`, each image encoded once (latent cache)
 and through the UNet once (passes planned to fit memory). `model_identity` and
 `LazyEngine` answer the cache key's questions without loading the weights.
 """
@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from ..latent_cache import LatentCache, default_latent_dir
+from ..files.latent_cache import LatentCache, default_latent_dir
 from .encoders import ENCODER_ALIASES, load_encoder, save_tiny_autoencoder
 from .extract import Engine
 from .identity import LazyEngine, model_identity

@@ -1,9 +1,9 @@
 """The `Engine`: images -> latents -> one UNet pass -> `AttentionMaps`.
 
-Every image is prepared (`napari_corrseg.images.prepare_image`), resized to the model's
+Every image is prepared (`napari_corrseg.core.images.prepare_image`), resized to the model's
 square input without padding, encoded (the VAE's ``latent_dist.mean * scaling_factor``,
 or the fast TAESD encoder) once -- latents are cached per image
-(`napari_corrseg.latent_cache`) -- and noised to the chosen timestep. All images get the
+(`napari_corrseg.files.latent_cache`) -- and noised to the chosen timestep. All images get the
 SAME seeded noise field, so an image's maps do not depend on its place in the batch and
 two identical images give identical maps. The images go through the UNet in passes of
 at most b images (`napari_corrseg.engine.planner`), each keeping its images' queries and
@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.images import prepare_image, resize_image
+from ..core.maps import AttentionMaps, ImageGeometry
 from ..errors import Cancelled, InputImageError
-from ..images import prepare_image, resize_image
-from ..latent_cache import LatentCache, latent_key
-from ..maps import AttentionMaps, ImageGeometry
+from ..files.latent_cache import LatentCache, latent_key
 from .capture import (
     EarlyExit,
     LayerInfo,
@@ -128,7 +128,7 @@ class Engine:
         Parameters
         ----------
         images : sequence of numpy.ndarray
-            Images as napari holds them (see `napari_corrseg.images`).
+            Images as napari holds them (see `napari_corrseg.core.images`).
         progress : callable, optional
             ``progress("encode", fraction)`` after each image.
         cancel : callable, optional
@@ -374,11 +374,11 @@ def _combine_resolutions(
     if len(sides) == 1:
         return (sides[0], sides[0]), per_side[sides[0]]
     try:
-        from ..correspondence import aggregate_attention
+        from ..core.correspondence import aggregate_attention
     except ImportError as error:
         raise ValueError(
             f"layers span grid sides {sides}; aggregating several resolutions needs "
-            "napari_corrseg.correspondence.aggregate_attention, which is not available. "
+            "napari_corrseg.core.correspondence.aggregate_attention, which is not available. "
             "Choose layers of one grid side."
         ) from error
     grids = [(side, side) for side in sides]

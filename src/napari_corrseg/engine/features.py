@@ -78,8 +78,8 @@ def _plain_attention(unet):
 
 def _to_model_input(image: np.ndarray, size: int, device, dtype) -> torch.Tensor:
     """Any image napari holds -> ``(1, 3, size, size)`` in [-1, 1], with the engine's
-    preprocessing (`napari_corrseg.images`: stretch to a square, no padding)."""
-    from ..images import prepare_image, resize_image
+    preprocessing (`napari_corrseg.core.images`: stretch to a square, no padding)."""
+    from ..core.images import prepare_image, resize_image
 
     square = resize_image(prepare_image(image), size)
     tensor = torch.from_numpy(np.ascontiguousarray(square)).permute(2, 0, 1)[None]

@@ -4,7 +4,7 @@ The attention-map cache is keyed by ``engine.identity``; computing it used to ne
 loaded model (seconds to a minute, gigabytes). `model_identity` resolves the same dict
 from names, configs, the local Hugging Face cache and file hashes only, and
 `LazyEngine` loads the model on first real use, so a cache hit in
-`napari_corrseg.pipeline.compute_maps` never loads it.
+`napari_corrseg.tasks.pipeline.compute_maps` never loads it.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def model_identity(
 class LazyEngine:
     """An engine that loads its model on first use; identity and size come without loading.
 
-    Pass it wherever an `Engine` is expected (e.g. `napari_corrseg.pipeline.compute_maps`):
+    Pass it wherever an `Engine` is expected (e.g. `napari_corrseg.tasks.pipeline.compute_maps`):
     ``identity`` and ``image_size`` are answered from `model_identity`; anything else
     loads the model once (``load_engine(model, device, dtype, **options)``) and forwards
     to it. ``loaded`` tells whether that happened.

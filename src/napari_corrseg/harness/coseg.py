@@ -4,8 +4,8 @@ Layout: ``root/images/<name>.<ext>`` and ``root/masks/<name>.<ext>`` (same stem;
 png, jpg, tif, bmp). A mask is an integer label map of the image's size, 0 = background;
 a mask holding only 0 and 255 is read as 0/1.
 
-All images are co-segmented together (one UNet pass, `napari_corrseg.pipeline.
-cosegment_images`) and scored with `napari_corrseg.evaluation`:
+All images are co-segmented together (one UNet pass, `napari_corrseg.tasks.pipeline.
+cosegment_images`) and scored with `napari_corrseg.core.evaluation`:
 
 * **mIoU per image**: Hungarian matching of ids in each image separately, then the mean
   over images (says nothing about whether ids agree across images);
@@ -100,7 +100,7 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 def score_cosegmentation(predictions, truths, names) -> CosegScores:
     """Score predicted label maps against truth label maps (see the module docstring)."""
-    from ..evaluation import hungarian_match, jaccard
+    from ..core.evaluation import hungarian_match, jaccard
 
     per_image = [hungarian_match(p, t).miou for p, t in zip(predictions, truths, strict=True)]
     collection = hungarian_match(
@@ -151,7 +151,7 @@ def evaluate_cosegmentation(
     import csv
     import json
 
-    from ..pipeline import cosegment_images
+    from ..tasks.pipeline import cosegment_images
 
     listing = read_coseg_folder(root, limit=limit)
     images = [load_image(image_path) for image_path, _ in listing]

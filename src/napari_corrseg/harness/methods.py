@@ -6,7 +6,7 @@ All methods run on the same engine (model, device, dtype) and image preprocessin
 
 * ``attention``: this project. One UNet pass over both images records the cross
   self-attention; each keypoint goes to the argmax of its row of ``A_st``, with the
-  cycle-consistency confidence (`napari_corrseg.pipeline.transfer_keypoints`).
+  cycle-consistency confidence (`napari_corrseg.tasks.pipeline.transfer_keypoints`).
 * ``attention+mutual``: the same maps, but only mutual nearest neighbours (tokens whose
   forward-backward cycle returns exactly) are trusted; each keypoint takes the
   displacement of the nearest mutual match, and its confidence is that match's
@@ -91,7 +91,7 @@ class AttentionMethod:
         return {"method": self.name, **self.extract_options}
 
     def predict(self, source_image, target_image, source_points) -> Prediction:
-        from ..pipeline import match_images, transfer_keypoints
+        from ..tasks.pipeline import match_images, transfer_keypoints
 
         maps = self.engine.extract(
             [source_image, target_image], pairs=[(0, 1), (1, 0)], **self.extract_options

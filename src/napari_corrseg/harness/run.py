@@ -247,7 +247,7 @@ def add_evaluate_arguments(parser) -> None:
 
 def run_evaluate_command(args, context) -> int:
     """Run ``napari-corrseg evaluate``; print the Markdown table; return the exit code."""
-    from ..cli import _load_engine, _parse_layers
+    from ..cli.common import _load_engine, _parse_layers
 
     if args.limit is not None and args.limit < 1:
         raise CorrsegError(f"--limit must be a positive number of pairs, got {args.limit}")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..maps import token_coordinates
+from ..core.maps import token_coordinates
 
 __all__ = [
     "SyntheticCollection",

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..maps import token_coordinates
+from ..core.maps import token_coordinates
 
 __all__ = [
     "SyntheticPair",

@@ -1,7 +1,7 @@
 """Write pipeline results to a folder: CSV, TIFF, ``.npz``, PNG and ``run.json``.
 
 Used by the command line (and usable by any script). Layout of one result folder is
-documented in ``docs/cli.md``. Every file is written atomically (`napari_corrseg.io`).
+documented in ``docs/cli.md``. Every file is written atomically (`napari_corrseg.files.io`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, _figures
+from .._version import __version__
+from ..core.maps import AttentionMaps
+from ..tasks.pipeline import CosegmentationResult, KeypointTransfer, PairResult
+from . import figures as _figures
 from .io import RUN_FILE, file_sha256, write_csv, write_json, write_npz, write_points_csv
 from .io import write_tiff as _write_tiff
-from .maps import AttentionMaps
-from .pipeline import CosegmentationResult, KeypointTransfer, PairResult
 
 __all__ = ["MATCH_COLUMNS", "write_coseg", "write_pair", "write_run", "write_transfer"]
 

@@ -1,12 +1,12 @@
 """Task-level functions shared by the command line and the napari widgets.
 
 Each function takes `AttentionMaps` plus image indices and returns a result
-(`napari_corrseg.results`, re-exported here) in *image pixels* (``(row, col)``,
+(`napari_corrseg.tasks.results`, re-exported here) in *image pixels* (``(row, col)``,
 pixel-centred) with the `ImageGeometry` of each image, so grid-sized maps can be shown in
 napari with ``scale=geometry.scale`` and ``translate=geometry.translate``. Neither the CLI
 nor the widgets do any geometry of their own.
 
-`compute_maps` runs the engine through the disk cache (`napari_corrseg.cache`).
+`compute_maps` runs the engine through the disk cache (`napari_corrseg.files.cache`).
 
 This module imports neither torch nor Qt: the engine is passed in as an object.
 """
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CorrsegError
-from .maps import AttentionMaps
+from ..core.maps import AttentionMaps
+from ..errors import CorrsegError
 from .results import (
     CosegmentationResult,
     KeypointTransfer,
@@ -34,7 +34,7 @@ from .results import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .cache import MapCache
+    from ..files.cache import MapCache
 
 __all__ = [
     "CosegmentationResult",
@@ -136,7 +136,7 @@ def match_images(
     -------
     PairResult
     """
-    from .correspondence import inverse_mapping, match
+    from ..core.correspondence import inverse_mapping, match
 
     source = _check_index(maps, source, "source")
     target = _check_index(maps, target, "target")
@@ -208,7 +208,7 @@ def transfer_keypoints(
     -------
     KeypointTransfer
     """
-    from .correspondence import transfer_points
+    from ..core.correspondence import transfer_points
 
     source = _check_index(maps, source, "source")
     target = _check_index(maps, target, "target")
@@ -249,7 +249,7 @@ def segment_image(
     -------
     SegmentationResult
     """
-    from .segmentation import segment
+    from ..core.segmentation import segment
 
     image = _check_index(maps, image, "image")
     result = segment(maps.self(image), maps.grid, threshold=threshold)
@@ -301,7 +301,7 @@ def cosegment_images(
         Label ids refer to the same segment in every image; the segment table also
         counts each segment's pixels per image.
     """
-    from .cosegmentation import cosegment
+    from ..core.cosegmentation import cosegment
 
     indices = list(range(maps.n_images)) if images is None else list(images)
     for index in indices:
@@ -352,7 +352,7 @@ def propagate_label_image(
     -------
     LabelPropagation
     """
-    from .cosegmentation import propagate_labels
+    from ..core.cosegmentation import propagate_labels
 
     source = _check_index(maps, source, "source")
     target = _check_index(maps, target, "target")
@@ -405,7 +405,7 @@ def query_point(
     -------
     PointQuery
     """
-    from .correspondence import query
+    from ..core.correspondence import query
 
     source = _check_index(maps, source, "source")
     target = _check_index(maps, target, "target")
@@ -447,7 +447,7 @@ def compute_maps(
     layers, timestep, seed, pairs
         Passed to ``engine.extract`` and part of the cache key.
     cache : MapCache, bool or None
-        ``True`` uses the default cache (`napari_corrseg.cache.MapCache`), ``False`` or
+        ``True`` uses the default cache (`napari_corrseg.files.cache.MapCache`), ``False`` or
         ``None`` disables it, or pass a `MapCache`.
     progress : callable, optional
         ``progress(stage, fraction)``; a hit reports ``("cache", 1.0)``.
@@ -458,10 +458,10 @@ def compute_maps(
     -------
     AttentionMaps
     """
-    from .cache import MapCache, cache_key
+    from ..files.cache import MapCache, cache_key
 
     if isinstance(engine, str):
-        from .engine import LazyEngine  # imports torch, which a model needs anyway
+        from ..engine import LazyEngine  # imports torch, which a model needs anyway
 
         engine = LazyEngine(engine)
     if cache is True:

@@ -3,7 +3,7 @@
 Every result carries image-pixel coordinates ``(row, col)`` and the `ImageGeometry` of
 each image, so that callers (CLI, widgets) do no geometry of their own. Grid-sized maps are
 shown in napari with ``scale=geometry.scale`` and ``translate=geometry.translate``.
-Re-exported by `napari_corrseg.pipeline`. numpy only.
+Re-exported by `napari_corrseg.tasks.pipeline`. numpy only.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .maps import ImageGeometry
+from ..core.maps import ImageGeometry
 
 __all__ = [
     "CosegmentationResult",

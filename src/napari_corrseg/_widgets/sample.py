@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sample_data import load_sample_pair
+from ..files.sample_data import load_sample_pair
 
 #: Gap, in pixels, between the two images of the side-by-side sample.
 SIDE_BY_SIDE_GAP = 16

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from .._version import __version__
+from ..core.maps import FORMAT_VERSION, AttentionMaps
 from .io import atomic_path
-from .maps import FORMAT_VERSION, AttentionMaps
 
 __all__ = [
     "DEFAULT_MAX_MB",

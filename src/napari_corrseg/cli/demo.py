@@ -7,7 +7,7 @@ else on an Xvfb server this module starts on a free display number and stops aft
 neither, the picture is skipped with a note. ``--gui`` opens napari with the results and
 the plugin's widgets instead (needs a display).
 
-Run as ``python -m napari_corrseg._demo render FOLDER`` to (re)draw the picture only.
+Run as ``python -m napari_corrseg.cli.demo render FOLDER`` to (re)draw the picture only.
 """
 
 from __future__ import annotations
@@ -23,16 +23,30 @@ from pathlib import Path
 
 import numpy as np
 
+from .common import _add_output_options, _maps
+
 _RENDER_TIMEOUT_S = 240
+
+
+def demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options: output folder (default ``corrseg-demo``), --gui, --no-picture."""
+    _add_output_options(parser, default="corrseg-demo")
+    parser.add_argument(
+        "--gui",
+        action="store_true",
+        help="open napari with the widgets docked and the results loaded",
+    )
+    parser.add_argument(
+        "--no-picture", action="store_true", help="skip the rendered picture of napari"
+    )
 
 
 def run_demo(args: argparse.Namespace, context) -> int:
     """Run the demo subcommand (see module docstring); returns the exit code."""
-    from . import export
-    from ._commands import _maps
-    from .io import prepare_output_dir, write_json
-    from .pipeline import cosegment_images, match_images, transfer_keypoints
-    from .sample_data import load_sample_pair, sample_keypoints, sample_paths
+    from ..files import export
+    from ..files.io import prepare_output_dir, write_json
+    from ..files.sample_data import load_sample_pair, sample_keypoints, sample_paths
+    from ..tasks.pipeline import cosegment_images, match_images, transfer_keypoints
 
     out, _ = prepare_output_dir(args.out, overwrite=args.overwrite)
     images, paths = load_sample_pair(), sample_paths()
@@ -136,7 +150,7 @@ def render_picture(out: Path, context) -> Path | None:
     context.say(f"rendering napari picture on display {env['DISPLAY']} ...")
     try:
         completed = subprocess.run(
-            [sys.executable, "-m", "napari_corrseg._demo", "render", str(out)],
+            [sys.executable, "-m", "napari_corrseg.cli.demo", "render", str(out)],
             env=env,
             capture_output=True,
             text=True,
@@ -168,8 +182,8 @@ def render_picture(out: Path, context) -> Path | None:
 
 def _add_result_layers(viewer, out: Path) -> None:
     """Show the sample pair side by side with the demo's result layers."""
-    from .io import read_image, read_points_csv
-    from .sample_data import sample_paths
+    from ..files.io import read_image, read_points_csv
+    from ..files.sample_data import sample_paths
 
     images = [read_image(p) for p in sample_paths()]
     offset = np.array([0.0, images[0].shape[1] + 16.0])
@@ -242,7 +256,7 @@ def _render(out: Path) -> None:
         time.sleep(0.05)
     import imageio.v3 as iio
 
-    from .io import write_bytes
+    from ..files.io import write_bytes
 
     picture = viewer.screenshot(canvas_only=False, flash=False)
     write_bytes(out / "napari.png", iio.imwrite("<bytes>", picture, extension=".png"))
@@ -282,4 +296,4 @@ if __name__ == "__main__":  # pragma: no cover - run by render_picture in a chil
     if len(sys.argv) == 3 and sys.argv[1] == "render":
         _render(Path(sys.argv[2]))
     else:
-        sys.exit("usage: python -m napari_corrseg._demo render FOLDER")
+        sys.exit("usage: python -m napari_corrseg.cli.demo render FOLDER")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.maps import ImageGeometry
 from .io import display_rgb, write_bytes
-from .maps import ImageGeometry
 
 
 def _figure(width: float, height: float):

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputImageError, OutputError
-from .images import prepare_image
+from ..core.images import prepare_image
+from ..errors import InputImageError, OutputError
 
 __all__ = [
     "atomic_path",

@@ -4,7 +4,7 @@ The VAE encoder is most of a CPU pair's cost (~26 s of ~35 s at 512 px), so matc
 source against many targets, or re-running with another timestep or layer set, must not
 encode an image again. An entry is one float32 latent ``(1, C, h, w)`` keyed by
 
-* the SHA-256 of the *prepared* pixels (`napari_corrseg.images.prepare_image`), so two
+* the SHA-256 of the *prepared* pixels (`napari_corrseg.core.images.prepare_image`), so two
   arrays that prepare to the same pixels share an entry and any change of preprocessing
   gives a new key,
 * the encoder's identity (which VAE or fast encoder, its revision, dtype), and
@@ -12,7 +12,7 @@ encode an image again. An entry is one float32 latent ``(1, C, h, w)`` keyed by
 
 Entries live in a small in-memory LRU and, optionally, on disk as ``.npz`` files written
 with ``allow_pickle=False`` in ``<map cache dir>/latents`` (beside the attention-map
-cache of `napari_corrseg.cache`). The full key is stored in each file, so a collision or
+cache of `napari_corrseg.files.cache`). The full key is stored in each file, so a collision or
 a file from another version is recomputed, never returned.
 
 numpy only; imports neither torch nor Qt.
@@ -40,7 +40,7 @@ _SUFFIX = ".npz"
 
 
 def default_latent_dir() -> Path:
-    """``<napari_corrseg.cache.default_cache_dir()>/latents``."""
+    """``<napari_corrseg.files.cache.default_cache_dir()>/latents``."""
     from .cache import default_cache_dir
 
     return default_cache_dir() / "latents"
@@ -52,7 +52,7 @@ def latent_key(prepared: np.ndarray, encoder: dict[str, Any], image_size: int) -
     Parameters
     ----------
     prepared : numpy.ndarray
-        The image after `napari_corrseg.images.prepare_image` (before resizing).
+        The image after `napari_corrseg.core.images.prepare_image` (before resizing).
     encoder : dict
         JSON-able identity of the encoder (see ``Engine.encoder_identity``).
     image_size : int

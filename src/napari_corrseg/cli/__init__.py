@@ -20,13 +20,11 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import __version__, _commands
-from ._commands import Context, SettingError
-
-# harness.run (the `evaluate` subcommand) reuses these two helpers through this module
-from ._commands import _load_engine as _load_engine
-from ._commands import _parse_layers as _parse_layers
-from .errors import Cancelled, CorrsegError, InputImageError, ModelLoadError, OutputError
+from .._version import __version__
+from ..errors import Cancelled, CorrsegError, InputImageError, ModelLoadError, OutputError
+from . import commands as _commands
+from . import demo as _demo
+from .common import Context, SettingError, add_model_options
 
 __all__ = [
     "EXIT_CODES",
@@ -95,8 +93,8 @@ SUBCOMMANDS.extend(
         Subcommand(
             "demo",
             "the whole pipeline on the shipped sample pair",
-            _commands.demo_arguments,
-            _commands.run_demo,
+            _demo.demo_arguments,
+            _demo.run_demo,
         ),
         Subcommand(
             "cache",
@@ -148,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         subcommand.add_arguments(sub)
         if subcommand.model_options:
-            _commands.add_model_options(sub)
+            add_model_options(sub)
         sub.set_defaults(_subcommand=subcommand)
     return parser
 
@@ -168,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # recorded in run.json
     # the library logs what it also warns about; the CLI shows warnings as one-liners
     logging.getLogger("napari_corrseg").addHandler(logging.NullHandler())
-    context = _commands.Context(quiet=args.quiet)
+    context = Context(quiet=args.quiet)
     try:
         return int(args._subcommand.run(args, context) or 0)
     except CorrsegError as error:
@@ -183,6 +181,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -5,7 +5,7 @@ image it appears in. Each anchor ``a`` of image ``i`` is described by where it l
 every image ``k`` of the collection: the two-step attention ``A_ik[a] @ A_kk`` (to image
 ``k`` through self or cross attention, then spread over the region it lands in by
 ``k``'s self-attention). The blocks for all ``k`` side by side form one distribution per
-anchor; anchors are then clustered exactly as in `napari_corrseg.segmentation.segment`
+anchor; anchors are then clustered exactly as in `napari_corrseg.core.segmentation.segment`
 (symmetric KL, average linkage, cut in the widest log-gap of the merge distances). A
 cluster whose anchors all come from one image is a part seen in that image only; it is
 kept and flagged. Each shared part gets a consistency score from the inverse mapping of
@@ -14,7 +14,7 @@ every pair of images it appears in.
 `propagate_labels` turns a label image painted on a source image into a proposal on a
 target image, with a confidence per token.
 
-numpy and scipy only (plus `napari_corrseg.correspondence`).
+numpy and scipy only (plus `napari_corrseg.core.correspondence`).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def cosegment(
     grid : tuple of int
         ``(h, w)`` shared by all maps.
     threshold : "auto" or float
-        As in `napari_corrseg.segmentation.segment`.
+        As in `napari_corrseg.core.segmentation.segment`.
     anchors : None, int or (int, int)
         Anchor grid per image; default 16 x 16 for a pair, fewer per image for larger
         collections (about 512 anchors in all).

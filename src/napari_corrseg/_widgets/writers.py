@@ -1,7 +1,7 @@
 """napari writer: a pair of match Points layers saved as one CSV, one row per match.
 
 The file has the same columns as the command line's ``matches.csv``
-(`napari_corrseg.export.MATCH_COLUMNS`: ``match_id, source_row, source_col, target_row,
+(`napari_corrseg.files.export.MATCH_COLUMNS`: ``match_id, source_row, source_col, target_row,
 target_col, confidence, cycle_error, entropy``), coordinates in image pixels
 ``(row, col)`` of each layer's own image.
 """
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OutputError
-from .io import write_csv
+from ..errors import OutputError
+from ..files.io import write_csv
 
 PLUGIN_KEY = "napari_corrseg"
 FEATURE_COLUMNS = ("confidence", "cycle_error", "entropy")
@@ -66,7 +66,7 @@ def write_matches_csv(path: str, layer_data: list[tuple[Any, dict, str]]) -> lis
             f"the source layer has {len(source)} points and the target {len(target)}; "
             "select two match layers of the same run"
         )
-    from .export import MATCH_COLUMNS
+    from ..files.export import MATCH_COLUMNS
 
     ids = _column(source_features, "match_id", len(source))
     columns = [_column(source_features, name, len(source)) for name in FEATURE_COLUMNS]

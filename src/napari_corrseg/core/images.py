@@ -31,7 +31,7 @@ import warnings
 import numpy as np
 from scipy import sparse
 
-from .errors import InputImageError
+from ..errors import InputImageError
 
 __all__ = [
     "MAX_CHANNELS",

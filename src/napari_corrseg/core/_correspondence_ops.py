@@ -1,7 +1,7 @@
-"""Numerical helpers of `napari_corrseg.correspondence`: entropy, refinement, sampling,
+"""Numerical helpers of `napari_corrseg.core.correspondence`: entropy, refinement, sampling,
 confidence, input checks for points, and the aggregation of maps over resolutions.
 
-Private: the public names live in `napari_corrseg.correspondence`. numpy only.
+Private: the public names live in `napari_corrseg.core.correspondence`. numpy only.
 """
 
 from __future__ import annotations
