@@ -60,7 +60,7 @@ class Subcommand:
 SUBCOMMANDS: list[Subcommand] = []
 #: Modules imported when the parser is built; each may call `register`. A missing
 #: module is skipped, so a subcommand can live in an optional part of the package.
-EXTENSION_MODULES: list[str] = ["napari_corrseg.harness.cli"]
+EXTENSION_MODULES: list[str] = ["napari_corrseg.harness.cli", "napari_corrseg.cli.samples"]
 
 
 def register(subcommand: Subcommand) -> Subcommand:

@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorrsegError, InputImageError
-from .common import Context, _add_output_options, _maps, _read_images, _star_pairs
+from .common import (
+    Context,
+    _add_output_options,
+    _maps,
+    _read_images,
+    _star_pairs,
+    check_model_options,
+)
 
 # -- subcommands -----------------------------------------------------------------------
 
@@ -36,39 +43,60 @@ def match_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_min_confidence(value: object) -> float | str:
+    """``--min-confidence``: a number in [0, 1], or the literal ``"auto"`` (kept as is).
+
+    Raises
+    ------
+    CorrsegError
+        For anything else (NaN, 2, -1, a word): such a floor would silently keep all or
+        no matches.
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0.0 <= number <= 1.0:  # also false for NaN
+        raise CorrsegError(f"--min-confidence must be a number in 0..1 or 'auto', got {value}")
+    return number
+
+
 def run_match(args: argparse.Namespace, context: Context) -> int:
     from ..files import export
-    from ..files.io import prepare_output_dir
+    from ..files.io import output_transaction
     from ..tasks.pipeline import match_images
 
-    # checked before any image is read or model loaded (the core would raise only after
-    # the forward pass; a NaN floor would silently drop every match)
+    # every option is checked before any image is read or model loaded (the core would
+    # raise only after the forward pass; a floor above 1 would silently drop every match)
     if args.max_matches is not None and args.max_matches < 0:
         raise CorrsegError(f"--max-matches must be 0 or more, got {args.max_matches}")
-    if not np.isfinite(args.min_confidence):
-        raise CorrsegError(f"--min-confidence must be a number in 0..1, got {args.min_confidence}")
+    min_confidence = check_min_confidence(args.min_confidence)
+    check_model_options(args)
     paths = [args.source, *args.targets]
     images = _read_images(paths)
-    out, reused = prepare_output_dir(args.out, overwrite=args.overwrite)
-    engine, maps = _maps(args, context, images, _star_pairs(len(images)))
-    outputs = []
-    for j in range(1, len(images)):
-        result = match_images(
-            maps,
-            0,
-            j,
-            max_matches=args.max_matches,
-            min_confidence=args.min_confidence,
-            mutual=args.mutual,
-        )
-        folder = export.write_pair(out / f"pair_0_{j}", result, images[0], images[j])
-        outputs.append(str(folder.relative_to(out)))
-        context.say(
-            f"{paths[0].name} -> {paths[j].name}: {len(result)} matches, "
-            f"IMS {result.ims:.3f} grid cells -> {folder}"
-        )
-    export.write_run(out, "match", args, engine, maps, paths, outputs)
-    context.say(f"results in {out}" + (" (replacing earlier results)" if reused else ""))
+    with output_transaction(args.out, overwrite=args.overwrite) as out:
+        engine, maps = _maps(args, context, images, _star_pairs(len(images)))
+        outputs = []
+        for j in range(1, len(images)):
+            result = match_images(
+                maps,
+                0,
+                j,
+                max_matches=args.max_matches,
+                min_confidence=min_confidence,
+                mutual=args.mutual,
+            )
+            name = f"pair_0_{j}"
+            export.write_pair(out.path(name), result, images[0], images[j], tiny=engine.is_tiny)
+            outputs.append(name)
+            context.say(
+                f"{paths[0].name} -> {paths[j].name}: {len(result)} matches, "
+                f"IMS {result.ims:.3f} grid cells -> {out.folder / name}"
+            )
+        report = out.commit(export.run_record("match", args, engine, maps, paths, outputs))
+    context.say(report.summary())
     return 0
 
 
@@ -96,23 +124,26 @@ def _threshold(text: str) -> float | str:
 
 def run_coseg(args: argparse.Namespace, context: Context) -> int:
     from ..files import export
-    from ..files.io import prepare_output_dir
+    from ..files.io import output_transaction
     from ..tasks.pipeline import cosegment_images
 
     if len(args.images) < 2:
         raise CorrsegError("coseg needs at least two images")
     threshold = _threshold(args.threshold)
+    check_model_options(args)
     images = _read_images(args.images)
-    out, _ = prepare_output_dir(args.out, overwrite=args.overwrite)
-    engine, maps = _maps(args, context, images, "all")
-    result = cosegment_images(maps, threshold=threshold)
-    outputs = export.write_coseg(out, result, images)
-    shared = sum(1 for s in result.segments if s.get("shared"))
-    context.say(
-        f"{len(result.segments)} segments ({shared} shared by several images), "
-        f"threshold {result.threshold:.4g} -> {out}"
-    )
-    export.write_run(out, "coseg", args, engine, maps, args.images, outputs)
+    with output_transaction(args.out, overwrite=args.overwrite) as out:
+        engine, maps = _maps(args, context, images, "all")
+        result = cosegment_images(maps, threshold=threshold)
+        outputs = export.write_coseg(out.staging, result, images, tiny=engine.is_tiny)
+        shared = sum(1 for s in result.segments if s.get("shared"))
+        context.say(
+            f"{len(result.segments)} segments ({shared} shared by several images), "
+            f"threshold {result.threshold:.4g}"
+        )
+        record = export.run_record("coseg", args, engine, maps, args.images, outputs)
+        report = out.commit(record)
+    context.say(report.summary())
     return 0
 
 
@@ -127,34 +158,38 @@ def transfer_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_transfer(args: argparse.Namespace, context: Context) -> int:
     from ..files import export
-    from ..files.io import prepare_output_dir, read_points_csv
+    from ..files.io import output_transaction, read_points_table
     from ..tasks.pipeline import transfer_keypoints
 
-    points = read_points_csv(args.points)
+    check_model_options(args)
+    table = read_points_table(args.points)
+    points = table.points
     paths = [args.source, *args.targets]
     images = _read_images(paths)
     _check_points_inside(points, images[0].shape[:2], args.points)
-    out, _ = prepare_output_dir(args.out, overwrite=args.overwrite)
-    engine, maps = _maps(args, context, images, _star_pairs(len(images)))
-    outputs = []
-    for j in range(1, len(images)):
-        moved = transfer_keypoints(maps, 0, j, points)
-        folder = export.write_transfer(out / f"transfer_0_{j}", moved, images[0], images[j])
-        outputs.append(str(folder.relative_to(out)))
-        context.say(
-            f"{len(points)} keypoints -> {paths[j].name}: mean confidence "
-            f"{float(np.mean(moved.confidence)):.3f} -> {folder}"
-        )
-    export.write_run(
-        out,
-        "transfer",
-        args,
-        engine,
-        maps,
-        paths,
-        outputs,
-        extra={"points_file": str(args.points)},
-    )
+    with output_transaction(args.out, overwrite=args.overwrite) as out:
+        engine, maps = _maps(args, context, images, _star_pairs(len(images)))
+        outputs = []
+        for j in range(1, len(images)):
+            moved = transfer_keypoints(maps, 0, j, points)
+            name = f"transfer_0_{j}"
+            export.write_transfer(
+                out.path(name),
+                moved,
+                images[0],
+                images[j],
+                columns=table.columns,
+                tiny=engine.is_tiny,
+            )
+            outputs.append(name)
+            context.say(
+                f"{len(points)} keypoints -> {paths[j].name}: mean confidence "
+                f"{float(np.mean(moved.confidence)):.3f} -> {out.folder / name}"
+            )
+        extra = {"points_file": str(args.points), "points_layout": table.layout}
+        record = export.run_record("transfer", args, engine, maps, paths, outputs, extra=extra)
+        report = out.commit(record)
+    context.say(report.summary())
     return 0
 
 
@@ -178,21 +213,24 @@ def cache_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cache(args: argparse.Namespace, context: Context) -> int:
     from ..files.cache import MapCache
+    from ..files.fingerprint import MEMO_FILE
     from ..files.latent_cache import LatentCache, default_latent_dir
 
     cache = MapCache()
     if args.action == "clear":
         count = cache.clear()
         latents = LatentCache(default_latent_dir()).clear()
+        (cache.directory / MEMO_FILE).unlink(missing_ok=True)  # remembered weight hashes
         print(
             f"removed {count} cached attention-map file(s) and {latents} cached latent(s) "
             f"from {cache.directory}"
         )
     else:
         info = cache.info()
+        latents = len(list(default_latent_dir().glob("*.npz")))
         print(
             f"directory: {info.directory}\nentries:   {info.entries}\n"
             f"size:      {info.total_bytes / 2**20:.1f} MiB of {info.max_bytes / 2**20:.0f} "
-            "MiB (set NAPARI_CORRSEG_CACHE_MAX_MB to change)"
+            f"MiB (set NAPARI_CORRSEG_CACHE_MAX_MB to change)\nlatents:   {latents}"
         )
     return 0

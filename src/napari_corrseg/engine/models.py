@@ -8,15 +8,17 @@ and the saved tiny model, so the tests exercise the real loading code offline.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import re
+import socket
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
@@ -27,6 +29,7 @@ __all__ = [
     "ENV_VAR",
     "MODEL_ALIASES",
     "Components",
+    "decide_auto",
     "load_components",
     "resolve_device",
     "resolve_dtype",
@@ -72,14 +75,32 @@ class Components:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda, then mps, then cpu; anything else is passed to torch."""
+    """``"auto"`` -> cuda, then mps, then cpu; anything else must exist on this machine.
+
+    Raises
+    ------
+    napari_corrseg.errors.ModelLoadError
+        An unknown device, or CUDA / MPS asked for where there is none (checked before
+        any weights are loaded).
+    """
     if str(device) != "auto":
         try:
-            return torch.device(device)
+            resolved = torch.device(device)
         except (RuntimeError, TypeError) as error:
             raise ModelLoadError(
                 f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'"
             ) from error
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"device {device!r}: CUDA is not available here (no NVIDIA GPU, or a CPU "
+                "build of torch); use device='cpu' (--device cpu) or 'auto'"
+            )
+        mps = getattr(torch.backends, "mps", None)
+        if resolved.type == "mps" and not (mps is not None and mps.is_available()):
+            raise ModelLoadError(
+                f"device {device!r}: Apple MPS is not available here; use device='cpu'"
+            )
+        return resolved
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
@@ -88,16 +109,33 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+#: The floating point types a model can run in (names as torch spells them).
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16"}
+_DTYPE_ALIASES |= {"bf16": "bfloat16"}
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None -> float16 on a GPU, float32 on the CPU (bf16 is ~10x slower there)."""
+    """None -> float16 on a GPU, float32 on the CPU (bf16 is ~10x slower there).
+
+    Raises
+    ------
+    napari_corrseg.errors.ModelLoadError
+        For anything but float32, float16 or bfloat16 (e.g. ``"int8"``).
+    """
     if dtype is None:
         return torch.float32 if device.type == "cpu" else torch.float16
     if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use 'float32', 'float16' or 'bfloat16'")
-    return resolved
+        if dtype in DTYPES.values():
+            return dtype
+    else:
+        name = str(dtype).strip().lower().removeprefix("torch.")
+        name = _DTYPE_ALIASES.get(name, name)
+        if name in DTYPES:
+            return DTYPES[name]
+    raise ModelLoadError(
+        f"unknown dtype {dtype!r} for the model; use 'float32', 'float16' or 'bfloat16'"
+    )
 
 
 def load_components(model: str, device: torch.device, dtype: torch.dtype) -> Components:
@@ -131,18 +169,88 @@ def load_components(model: str, device: torch.device, dtype: torch.dtype) -> Com
     )
 
 
+_AUTO_LOCK = threading.Lock()
+_HUB_REACHABLE: dict[str, bool] = {}
+#: How long ``model="auto"`` waits to learn whether the hub can be reached (seconds).
+HUB_PROBE_TIMEOUT_S = 2.0
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face snapshot of ``repo_id``, without touching the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=True)
+        )
+    except Exception:
+        return None
+
+
+def _hub_reachable() -> bool:
+    """Can the hub be reached? Asked once per process and endpoint, in a few seconds."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    with _AUTO_LOCK:
+        known = _HUB_REACHABLE.get(constants.ENDPOINT)
+    if known is not None:
+        return known
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+        reachable = True
+    except (OSError, TypeError, ValueError):
+        reachable = False
+    with _AUTO_LOCK:
+        _HUB_REACHABLE[constants.ENDPOINT] = reachable
+    return reachable
+
+
+def _warn_tiny(why: str) -> None:
+    message = (
+        f"Stable Diffusion 2.1-base is not available ({why}); falling back to the TINY "
+        "RANDOM model: results are NOT semantic, they only show the software works. "
+        f"{_FIX_DOWNLOAD}"
+    )
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def decide_auto() -> str:
+    """What ``model="auto"`` means here and now: a model name to load.
+
+    ``$NAPARI_CORRSEG_MODEL`` if set; else ``"sd2-base"`` when SD2.1-base is in the
+    local Hugging Face cache, or when the hub answers within `HUB_PROBE_TIMEOUT_S`
+    (asked once per process; never when ``HF_HUB_OFFLINE`` is set); else ``"tiny"``,
+    with one ``RuntimeWarning`` saying why and how to get the real model.
+    """
+    chosen = os.environ.get(ENV_VAR, "").strip()
+    if chosen and chosen != "auto":
+        return chosen
+    if _cached_snapshot(MODEL_ALIASES["sd2-base"]) is not None:
+        return "sd2-base"
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        _warn_tiny("not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+        return "tiny"
+    if not _hub_reachable():
+        _warn_tiny("not in the local Hugging Face cache, and the hub cannot be reached")
+        return "tiny"
+    return "sd2-base"
+
+
 def _load_auto(device: torch.device, dtype: torch.dtype) -> Components:
-    """SD2.1-base if cached or downloadable, else the tiny model with a loud warning."""
+    """`decide_auto`, then load; a failed download also falls back to the tiny model."""
+    model = decide_auto()
+    if model != "sd2-base":
+        return load_components(model, device, dtype)
     try:
         return _load_hub(MODEL_ALIASES["sd2-base"], device, dtype)
     except ModelLoadError as error:
-        message = (
-            f"napari-corrseg: Stable Diffusion 2.1-base is not available ({error}). Falling "
-            "back to the TINY RANDOM model: its attention maps are NOT semantic and only good "
-            f"for trying the software. To get real results: {_FIX_DOWNLOAD}"
-        )
-        logger.warning(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        _warn_tiny(f"the download failed: {str(error).split('. ')[0]}")
     parts = build_tiny_components()
     return _finish(parts, {"model": "tiny", "revision": "builtin"}, device, dtype)
 
@@ -309,23 +417,21 @@ def _is_tiny_config(unet) -> bool:
 
 
 def _folder_fingerprint(folder: Path) -> str:
-    """Content-free fingerprint of a local folder: configs plus weight sizes and times."""
-    digest = hashlib.sha256()
-    for file in sorted(folder.rglob("*")):
-        if file.is_file():
-            stat = file.stat()
-            digest.update(f"{file.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-            if file.suffix == ".json":
-                digest.update(file.read_bytes())
-    return "local-" + digest.hexdigest()[:16]
+    """Fingerprint of a local folder from the content of every file in it.
+
+    Hashed once per version of each file (`napari_corrseg.files.fingerprint`): weights
+    rewritten in place with the same size and modification time still give a new one.
+    """
+    from ..files.fingerprint import folder_digest
+
+    return "local-" + folder_digest(folder)[:24]
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of a checkpoint's bytes, hashed once per version of the file."""
+    from ..files.fingerprint import file_digest
+
+    return file_digest(path)
 
 
 def shipped_config(name: str, component: str) -> dict[str, Any]:

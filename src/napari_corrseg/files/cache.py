@@ -4,8 +4,10 @@ An entry is one `AttentionMaps` ``.npz`` file (written with ``allow_pickle=False
 named by the SHA-256 of its key. The key is built from the content hash of every image
 (in order), the engine's identity (model id and revision or file hash, dtype, size),
 the layers, timestep, seed, pairs, the package version and the maps' format version.
-The full key is stored inside the entry too, so a hash collision, a hand-edited file or
-an entry written by another version is detected and recomputed rather than returned.
+The full key is stored inside the entry too, and a SHA-256 over its content (grid,
+geometries, every map's shape, type and bytes): a hash collision, an entry written by
+another version, a file edited by hand with its key intact, or one damaged on disk is
+detected on read, deleted with one warning and recomputed, never returned.
 
 Where it lives: ``$NAPARI_CORRSEG_CACHE_DIR`` if set, else the platform's user cache
 directory (``platformdirs.user_cache_dir("napari-corrseg")``). Size limit:
@@ -37,6 +39,7 @@ __all__ = [
     "CacheInfo",
     "MapCache",
     "cache_key",
+    "content_digest",
     "default_cache_dir",
     "image_hash",
 ]
@@ -44,6 +47,7 @@ __all__ = [
 DEFAULT_MAX_MB = 2048
 _ENTRY_SUFFIX = ".npz"
 _KEY_SETTING = "cache_key"
+_CHECKSUM_SETTING = "content_sha256"
 
 
 def default_cache_dir() -> Path:
@@ -129,6 +133,25 @@ def cache_key(
     )
 
 
+def content_digest(maps: AttentionMaps) -> str:
+    """SHA-256 over what an entry holds: grid, geometries, settings (without the key and
+    this checksum) and every map as float32 (shape and bytes), pairs in sorted order."""
+    settings = {
+        k: v for k, v in maps.settings.items() if k not in (_KEY_SETTING, _CHECKSUM_SETTING)
+    }
+    head = {
+        "grid": list(maps.grid),
+        "geometries": [g.to_dict() for g in maps.geometries],
+        "settings": json.loads(json.dumps(settings, default=str)),  # as stored and read
+    }
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
+    for pair in sorted(maps.maps):
+        array = np.ascontiguousarray(maps.maps[pair], dtype=np.float32)
+        digest.update(f"{pair}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def _key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -173,11 +196,14 @@ class MapCache:
             return None
         try:
             maps = AttentionMaps.load(path)
-        except Exception:  # any unreadable entry (e.g. zipfile.BadZipFile) is just a miss
+        except Exception:  # any unreadable entry (e.g. zipfile.BadZipFile, a bad shape)
             self._discard(path, "unreadable")
             return None
         if maps.settings.get(_KEY_SETTING) != key:
             self._discard(path, "written for other settings")
+            return None
+        if maps.settings.get(_CHECKSUM_SETTING) != content_digest(maps):
+            self._discard(path, "damaged or edited (its content does not match its checksum)")
             return None
         try:
             os.utime(path)  # mark as recently used for LRU eviction
@@ -185,6 +211,7 @@ class MapCache:
             pass
         settings = dict(maps.settings)
         settings.pop(_KEY_SETTING, None)
+        settings.pop(_CHECKSUM_SETTING, None)
         maps.settings = settings
         return maps
 
@@ -195,9 +222,8 @@ class MapCache:
         user, just not remembered.
         """
         path = self.path_for(key)
-        stored = AttentionMaps(
-            maps.grid, maps.geometries, maps.maps, {**maps.settings, _KEY_SETTING: key}
-        )
+        settings = {**maps.settings, _KEY_SETTING: key, _CHECKSUM_SETTING: content_digest(maps)}
+        stored = AttentionMaps(maps.grid, maps.geometries, maps.maps, settings)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as temporary:
@@ -258,5 +284,7 @@ class MapCache:
         return count
 
     def _discard(self, path: Path, why: str) -> None:
-        warnings.warn(f"cache entry {path.name} is {why}; recomputing it", stacklevel=3)
+        warnings.warn(
+            f"attention-map cache entry {path.name} is {why}; recomputing it", stacklevel=3
+        )
         path.unlink(missing_ok=True)

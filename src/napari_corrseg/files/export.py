@@ -1,7 +1,10 @@
 """Write pipeline results to a folder: CSV, TIFF, ``.npz``, PNG and ``run.json``.
 
 Used by the command line (and usable by any script). Layout of one result folder is
-documented in ``docs/cli.md``. Every file is written atomically (`napari_corrseg.files.io`).
+documented in ``docs/cli.md``. Every file is written atomically (`napari_corrseg.files.io`);
+write into an `napari_corrseg.files.io.output_transaction`'s staging folder and commit
+it with `run_record` so that the folder holds the whole run or says it does not. Pass
+``tiny=True`` when the tiny random model made the result: every figure then says so.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from . import figures as _figures
 from .io import RUN_FILE, file_sha256, write_csv, write_json, write_npz, write_points_csv
 from .io import write_tiff as _write_tiff
 
-__all__ = ["MATCH_COLUMNS", "write_coseg", "write_pair", "write_run", "write_transfer"]
+__all__ = [
+    "MATCH_COLUMNS",
+    "run_record",
+    "write_coseg",
+    "write_pair",
+    "write_run",
+    "write_transfer",
+]
 
 #: Columns of ``matches.csv`` (pixel coordinates, (row, col)).
 MATCH_COLUMNS = (
@@ -46,13 +56,22 @@ _METRIC_UNITS = {
 _PACKAGES = ("numpy", "scipy", "torch", "diffusers", "transformers", "napari", "matplotlib")
 
 
+def _notice(tiny: bool) -> str | None:
+    return _figures.TINY_NOTICE if tiny else None
+
+
 def _labels_dtype(labels: np.ndarray) -> np.dtype:
     top = int(labels.max(initial=0))
     return np.dtype(np.uint16 if top < 2**16 else np.uint32)
 
 
 def write_pair(
-    folder: Path, result: PairResult, source_image: np.ndarray, target_image: np.ndarray
+    folder: Path,
+    result: PairResult,
+    source_image: np.ndarray,
+    target_image: np.ndarray,
+    *,
+    tiny: bool = False,
 ) -> Path:
     """Write one pair's matches (CSV), metric maps (``.npz`` + PNG) and match picture.
 
@@ -100,6 +119,7 @@ def write_pair(
             metric.geometry,
             title=f"{name} on the {side} image: {metric.description}",
             label=_METRIC_UNITS.get(name, name),
+            notice=_notice(tiny),
         )
     _figures.match_picture(
         folder / "matches.png",
@@ -108,17 +128,23 @@ def write_pair(
         result.source_points,
         result.target_points,
         result.confidence,
+        notice=_notice(tiny),
     )
     return folder
 
 
 def write_coseg(
-    folder: Path, result: CosegmentationResult, images: Sequence[np.ndarray]
+    folder: Path,
+    result: CosegmentationResult,
+    images: Sequence[np.ndarray],
+    *,
+    tiny: bool = False,
 ) -> list[str]:
     """Write co-segmentation labels (TIFF per image), grid labels, segment table, picture.
 
     Returns the written file names (relative to ``folder``).
     """
+    folder.mkdir(parents=True, exist_ok=True)
     names = []
     for k, labels in enumerate(result.labels):
         name = f"labels_{k}.tif"
@@ -143,22 +169,42 @@ def write_coseg(
         list(images),
         result.labels,
         title="co-segmentation: the same colour is the same segment id in every image",
+        notice=_notice(tiny),
     )
     return [*names, "labels_grid.npz", "segments.json", "labels.png"]
 
 
 def write_transfer(
-    folder: Path, moved: KeypointTransfer, source_image: np.ndarray, target_image: np.ndarray
+    folder: Path,
+    moved: KeypointTransfer,
+    source_image: np.ndarray,
+    target_image: np.ndarray,
+    *,
+    columns: dict[str, np.ndarray] | None = None,
+    tiny: bool = False,
 ) -> Path:
-    """Write transferred keypoints (napari Points CSV per side) and a picture."""
+    """Write transferred keypoints (napari Points CSV per side) and a picture.
+
+    ``columns`` are the keypoint table's own columns (``PointsTable.columns``, e.g.
+    ``name``), one value per keypoint: both CSVs carry them after ``keypoint_id``. A
+    column named like one of ours gets the prefix ``input_``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     ids = np.arange(len(moved.confidence))
-    write_points_csv(folder / "source_points.csv", moved.source_points, {"keypoint_id": ids})
+    ours = {"keypoint_id", "confidence", "cycle_error", "index", "axis-0", "axis-1"}
+    carried = {
+        (f"input_{name}" if name in ours else name): np.asarray(values)
+        for name, values in (columns or {}).items()
+    }
+    write_points_csv(
+        folder / "source_points.csv", moved.source_points, {"keypoint_id": ids, **carried}
+    )
     write_points_csv(
         folder / "target_points.csv",
         moved.target_points,
         {
             "keypoint_id": ids,
+            **carried,
             "confidence": moved.confidence,
             "cycle_error": moved.cycle_error,
         },
@@ -170,6 +216,7 @@ def write_transfer(
         moved.source_points,
         moved.target_points,
         moved.confidence,
+        notice=_notice(tiny),
     )
     return folder
 
@@ -199,8 +246,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def write_run(
-    folder: Path,
+def run_record(
     command: str,
     args: argparse.Namespace,
     engine: Any,
@@ -209,11 +255,12 @@ def write_run(
     outputs: Sequence[str],
     *,
     extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``run.json``: what ran, on what, with which model, versions and settings.
+) -> dict[str, Any]:
+    """What ``run.json`` says about a run: what ran, on what, with which model.
 
     Enough to reproduce a result: the model identity, every setting, the package
-    versions and the SHA-256 of every input file.
+    versions and the SHA-256 of every input file. `OutputTransaction.commit` adds the
+    status and every output file's size and SHA-256.
     """
     images = [
         {
@@ -223,7 +270,7 @@ def write_run(
         }
         for path, geometry in zip(image_paths, maps.geometries, strict=True)
     ]
-    record = {
+    return {
         "tool": "napari-corrseg",
         "command": command,
         "argv": [str(a) for a in getattr(args, "argv", sys.argv[1:])],
@@ -238,4 +285,22 @@ def write_run(
         "versions": _versions(),
         **(extra or {}),
     }
+
+
+def write_run(
+    folder: Path,
+    command: str,
+    args: argparse.Namespace,
+    engine: Any,
+    maps: AttentionMaps,
+    image_paths: Sequence[Path],
+    outputs: Sequence[str],
+    *,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write `run_record` to ``folder/run.json`` directly, outside a transaction.
+
+    Prefer ``transaction.commit(run_record(...))``, which also lists every file.
+    """
+    record = run_record(command, args, engine, maps, image_paths, outputs, extra=extra)
     return write_json(folder / RUN_FILE, record)

@@ -1,5 +1,10 @@
-"""PNG figures for the command line: match pictures, metric maps with a colour bar,
-label overlays. matplotlib with the Agg canvas only (no pyplot state, no display)."""
+"""PNG figures for the command line: match pictures, metric maps, label overlays.
+
+Every figure whose colours encode a number (confidence, a metric) has a colour bar, and
+every figure made with the tiny random-weight model carries `TINY_NOTICE` in red
+(``notice=TINY_NOTICE``; `napari_corrseg.files.export` passes it), so a picture passed
+on without its terminal output still says it is not a real result. matplotlib with the
+Agg canvas only (no pyplot state, no display)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ import numpy as np
 from ..core.maps import ImageGeometry
 from .io import display_rgb, write_bytes
 
+#: Drawn on every figure made with the tiny random-weight model.
+TINY_NOTICE = "TINY RANDOM MODEL (no Stable Diffusion weights): NOT a real result"
+
 
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -21,7 +29,12 @@ def _figure(width: float, height: float):
     return figure
 
 
-def _save(figure, path: str | Path) -> Path:
+def _save(figure, path: str | Path, notice: str | None = None) -> Path:
+    if notice:
+        figure.text(
+            0.5, 0.005, notice, ha="center", va="bottom", color="red", fontsize=11,
+            fontweight="bold",
+        )  # fmt: skip
     buffer = _io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
     return write_bytes(path, buffer.getvalue())
@@ -43,8 +56,10 @@ def match_picture(
     *,
     max_lines: int = 60,
     title: str = "",
+    notice: str | None = None,
 ) -> Path:
-    """Side-by-side picture with a line per match, most confident ``max_lines`` only."""
+    """Side-by-side picture with a line per match, most confident ``max_lines`` only,
+    coloured by confidence (with a colour bar)."""
     from matplotlib import colormaps
     from matplotlib.patches import ConnectionPatch
 
@@ -73,12 +88,21 @@ def match_picture(
         figure.add_artist(line)
         left.plot(sc, sr, "o", color=colour, markersize=3)
         right.plot(tc, tr, "o", color=colour, markersize=3)
+    _confidence_bar(figure, [left, right])
     figure.suptitle(
-        title
-        or f"{len(order)} most confident of {len(confidence)} matches "
-        "(colour = confidence, yellow = high)"
+        title or f"{len(order)} most confident of {len(confidence)} matches (colour = confidence)"
     )
-    return _save(figure, path)
+    return _save(figure, path, notice)
+
+
+def _confidence_bar(figure, axes) -> None:
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(Normalize(0, 1), colormaps["viridis"])
+    bar = figure.colorbar(mappable, ax=axes, fraction=0.025, pad=0.02)
+    bar.set_label("confidence (0 to 1)")
 
 
 def metric_picture(
@@ -89,6 +113,7 @@ def metric_picture(
     *,
     title: str,
     label: str,
+    notice: str | None = None,
 ) -> Path:
     """A grid map drawn over its image, with a colour bar."""
     figure = _figure(6, 5)
@@ -102,13 +127,19 @@ def metric_picture(
     colourbar.set_label(label)
     axis.set_title(title, fontsize=9)
     axis.set_axis_off()
-    return _save(figure, path)
+    return _save(figure, path, notice)
 
 
 def labels_picture(
-    path: str | Path, images: list[np.ndarray], labels: list[np.ndarray], *, title: str = ""
+    path: str | Path,
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    *,
+    title: str = "",
+    notice: str | None = None,
 ) -> Path:
-    """Label maps over their images; the same id gets the same colour in every panel."""
+    """Label maps over their images; the same id gets the same colour in every panel
+    (colours name segments, not amounts, so there is no colour bar)."""
     from matplotlib import colormaps
 
     top = max([int(np.max(lab)) for lab in labels] + [1])
@@ -123,7 +154,7 @@ def labels_picture(
         axis.set_title(f"image {k}")
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return _save(figure, path, notice)
 
 
 def keypoints_picture(
@@ -133,8 +164,11 @@ def keypoints_picture(
     source_points: np.ndarray,
     target_points: np.ndarray,
     confidence: np.ndarray,
+    *,
+    notice: str | None = None,
 ) -> Path:
-    """Source keypoints and where they landed, numbered alike."""
+    """Source keypoints and where they landed, numbered alike, coloured by the
+    transfer's confidence (with a colour bar)."""
     figure = _figure(10, 5)
     left, right = figure.subplots(1, 2)
     for axis, image, points, name in (
@@ -163,4 +197,5 @@ def keypoints_picture(
             )
         axis.set_title(name)
         axis.set_axis_off()
-    return _save(figure, path)
+    _confidence_bar(figure, [left, right])
+    return _save(figure, path, notice)

@@ -12,8 +12,11 @@ encode an image again. An entry is one float32 latent ``(1, C, h, w)`` keyed by
 
 Entries live in a small in-memory LRU and, optionally, on disk as ``.npz`` files written
 with ``allow_pickle=False`` in ``<map cache dir>/latents`` (beside the attention-map
-cache of `napari_corrseg.files.cache`). The full key is stored in each file, so a collision or
-a file from another version is recomputed, never returned.
+cache of `napari_corrseg.files.cache`). The full key is stored in each file, with a
+SHA-256 of the latent's shape and bytes; on read the latent must also have the shape the
+key names (``latent_shape``: ``(1, 4, image_size / 8, image_size / 8)``). A collision, a
+file from another version, a damaged file or one edited with its key intact is deleted
+with one warning and recomputed, never returned.
 
 numpy only; imports neither torch nor Qt.
 """
@@ -32,10 +35,21 @@ import numpy as np
 
 from .io import atomic_path
 
-__all__ = ["LATENT_FORMAT_VERSION", "LatentCache", "default_latent_dir", "latent_key"]
+__all__ = [
+    "LATENT_CHANNELS",
+    "LATENT_FORMAT_VERSION",
+    "LatentCache",
+    "default_latent_dir",
+    "expected_shape",
+    "latent_key",
+]
 
 #: Bump when the meaning of a stored latent changes (preprocessing, scaling).
 LATENT_FORMAT_VERSION = 1
+#: Latent channels of every Stable Diffusion 2 VAE and of TAESD.
+LATENT_CHANNELS = 4
+#: Pixels per latent cell of those encoders.
+LATENT_FACTOR = 8
 _SUFFIX = ".npz"
 
 
@@ -65,16 +79,33 @@ def latent_key(prepared: np.ndarray, encoder: dict[str, Any], image_size: int) -
     array = np.ascontiguousarray(prepared)
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
     digest.update(array.tobytes())
+    side = int(image_size) // LATENT_FACTOR
     return {
         "pixels": digest.hexdigest(),
         "encoder": json.loads(json.dumps(encoder, sort_keys=True)),
         "image_size": int(image_size),
+        "latent_shape": [1, LATENT_CHANNELS, side, side],
         "format_version": LATENT_FORMAT_VERSION,
     }
 
 
 def _digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _checksum(latent: np.ndarray) -> str:
+    array = np.ascontiguousarray(latent, dtype=np.float32)
+    digest = hashlib.sha256(f"{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def expected_shape(key: dict[str, Any]) -> tuple[int, ...] | None:
+    """The latent shape a key names (``latent_shape``), or None if it names none."""
+    shape = key.get("latent_shape") if isinstance(key, dict) else None
+    if not isinstance(shape, list | tuple) or not all(isinstance(n, int) for n in shape):
+        return None
+    return tuple(shape)
 
 
 class LatentCache:
@@ -102,12 +133,16 @@ class LatentCache:
         """The disk file of ``key`` (None for a memory-only cache)."""
         return None if self.directory is None else self.directory / f"{_digest(key)}{_SUFFIX}"
 
-    def get(self, key: dict[str, Any]) -> np.ndarray | None:
-        """The cached float32 latent, or None on a miss."""
+    def get(self, key: dict[str, Any], shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """The cached float32 latent, or None on a miss.
+
+        ``shape`` (default: `expected_shape` of the key) is checked on a disk read: an
+        entry of another shape is damaged and recomputed.
+        """
         digest = _digest(key)
         latent = self._memory.get(digest)
         if latent is None:
-            latent = self._read(key)
+            latent = self._read(key, shape if shape is not None else expected_shape(key))
             if latent is not None:
                 self._remember(digest, latent)
         else:
@@ -129,7 +164,12 @@ class LatentCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as temporary:
                 with open(temporary, "wb") as handle:
-                    np.savez(handle, latent=latent, key=np.array(json.dumps(key, sort_keys=True)))
+                    np.savez(
+                        handle,
+                        latent=latent,
+                        key=np.array(json.dumps(key, sort_keys=True)),
+                        checksum=np.array(_checksum(latent)),
+                    )
         except OSError as error:
             warnings.warn(
                 f"could not write the latent cache at {self.directory}: {error}; set "
@@ -153,7 +193,7 @@ class LatentCache:
         while len(self._memory) > self.memory_items:
             self._memory.popitem(last=False)
 
-    def _read(self, key: dict[str, Any]) -> np.ndarray | None:
+    def _read(self, key: dict[str, Any], shape: tuple[int, ...] | None) -> np.ndarray | None:
         path = self.path_for(key)
         if path is None or not path.is_file():
             return None
@@ -161,14 +201,24 @@ class LatentCache:
             with np.load(path, allow_pickle=False) as data:
                 stored_key = json.loads(str(data["key"]))
                 latent = np.asarray(data["latent"], dtype=np.float32)
+                checksum = str(data["checksum"]) if "checksum" in data.files else None
         except Exception:  # unreadable or truncated entry: a miss, recomputed
-            path.unlink(missing_ok=True)
-            return None
+            return self._discard(path, "unreadable")
         if stored_key != json.loads(json.dumps(key, sort_keys=True)):
-            path.unlink(missing_ok=True)
-            return None
+            return self._discard(path, "written for another image or encoder")
+        if checksum != _checksum(latent):
+            return self._discard(
+                path, "damaged or edited (its content does not match its checksum)"
+            )
+        if shape is not None and tuple(latent.shape) != tuple(shape):
+            return self._discard(path, f"of shape {latent.shape}, not {tuple(shape)}")
         try:
             os.utime(path)
         except OSError:
             pass
         return latent
+
+    def _discard(self, path: Path, why: str) -> None:
+        warnings.warn(f"latent cache entry {path.name} is {why}; recomputing it", stacklevel=4)
+        path.unlink(missing_ok=True)
+        return None
