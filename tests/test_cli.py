@@ -47,7 +47,10 @@ def run(tmp_path, monkeypatch, capsys, tiny_engine):
         engine_module,
         "load_engine",
         lambda model="auto", *args, **kw: (
-            tiny_engine if model == "tiny" else real_load(model, *args, **kw)
+            # the session's engine has a disk latent cache: --no-cache must get its own
+            tiny_engine
+            if model == "tiny" and "latent_cache" not in kw
+            else real_load(model, *args, **kw)
         ),
     )
     monkeypatch.setenv("NAPARI_CORRSEG_CACHE_DIR", str(tmp_path / "cache"))

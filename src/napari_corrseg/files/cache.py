@@ -195,7 +195,8 @@ class MapCache:
         if not path.is_file():
             return None
         try:
-            maps = AttentionMaps.load(path)
+            with open(path, "rb") as handle:  # closed even when the file is not an npz
+                maps = AttentionMaps.load(handle)
         except Exception:  # any unreadable entry (e.g. zipfile.BadZipFile, a bad shape)
             self._discard(path, "unreadable")
             return None
