@@ -10,6 +10,10 @@
   ``<!-- test-setup`` ... ``-->`` (Python, run where it stands in the page).
 - ``napari-corrseg`` command lines in ```bash blocks must parse with the real CLI parser,
   and repository paths named in them (``scripts/...``, ``benchmarks/...``) must exist.
+- The command lines of ``docs/cli.md`` run as written, in page order, from an empty
+  folder, offline (so ``--model auto`` is the tiny model); only those that open a napari
+  window (``--gui``) are skipped, and the demo's screenshot of napari (tested on its own in
+  ``test_cli_demo_picture.py``) is not drawn.
 """
 
 from __future__ import annotations
@@ -210,6 +214,39 @@ def _shell_commands(block: CodeBlock) -> list[str]:
         if line and not line.startswith("#"):
             commands.append(line)
     return commands
+
+
+#: Options whose command lines open a window, which the docs tests cannot close.
+NEEDS_A_WINDOW = ("--gui",)
+
+
+@pytest.mark.slow
+def test_command_line_page_runs_as_written(docs_environment, monkeypatch):
+    from napari_corrseg import cli
+    from napari_corrseg.cli import demo
+    from napari_corrseg.files.io import check_output_folder
+
+    monkeypatch.delenv("NAPARI_CORRSEG_MODEL")  # as written: --model auto, offline
+    monkeypatch.setattr(demo, "render_picture", lambda out, context: None)
+    ran = []
+    for block in code_blocks(DOCS / "cli.md"):
+        if block.lang not in SHELL_LANGS or block.no_test:
+            continue
+        for command in _shell_commands(block):
+            words = shlex.split(command, comments=True)
+            if not words or Path(words[0]).name != "napari-corrseg" or _is_synopsis(command):
+                continue
+            if any(word in NEEDS_A_WINDOW for word in words):
+                continue
+            stderr = io.StringIO()
+            with redirect_stderr(stderr), redirect_stdout(io.StringIO()):
+                code = cli.main(words[1:])
+            assert code == 0, f"{block.where}: {command!r} exited {code}: {stderr.getvalue()}"
+            ran.append(words[1])
+    assert {"sample-data", "demo", "match", "coseg", "transfer", "cache"} <= set(ran)
+    for folder in ("matches", "parts", "moved", "corrseg-demo"):
+        assert check_output_folder(folder).ok, folder
+    assert Path("matches/pair_0_2/matches.csv").is_file()  # three images: two pairs
 
 
 def _is_synopsis(command: str) -> bool:

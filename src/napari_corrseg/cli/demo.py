@@ -70,7 +70,6 @@ def run_demo(args: argparse.Namespace, context) -> int:
             "first warning for how to get Stable Diffusion 2.1-base)"
         )
     context.say(report.summary().replace("results in", "demo results in", 1))
-    _say_next_steps(out, context)
     return 0
 
 
@@ -114,14 +113,6 @@ def _write_results(folder: Path, maps, images, keypoints, tiny: bool, context) -
         f"{errors.mean():.1f} px ({summary['keypoints_within_10px']} within 10 px)"
     )
     return summary
-
-
-def _say_next_steps(out: Path, context) -> None:
-    context.say(
-        "next: look at the results in napari with 'napari-corrseg demo --gui' (or "
-        f"'napari {out}/pair_0_1/source_points.csv'), or run on your own images: "
-        "napari-corrseg match A.png B.png --out my-results"
-    )
 
 
 # -- a picture of napari ---------------------------------------------------------------

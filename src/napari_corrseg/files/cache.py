@@ -203,6 +203,9 @@ class MapCache:
         if maps.settings.get(_KEY_SETTING) != key:
             self._discard(path, "written for other settings")
             return None
+        if _CHECKSUM_SETTING not in maps.settings:
+            self._discard(path, "from an older version (no checksum)")
+            return None
         if maps.settings.get(_CHECKSUM_SETTING) != content_digest(maps):
             self._discard(path, "damaged or edited (its content does not match its checksum)")
             return None

@@ -206,6 +206,8 @@ class LatentCache:
             return self._discard(path, "unreadable")
         if stored_key != json.loads(json.dumps(key, sort_keys=True)):
             return self._discard(path, "written for another image or encoder")
+        if checksum is None:
+            return self._discard(path, "from an older version (no checksum)")
         if checksum != _checksum(latent):
             return self._discard(
                 path, "damaged or edited (its content does not match its checksum)"
