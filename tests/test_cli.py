@@ -524,3 +524,14 @@ def test_unusable_images_are_named_before_anything_runs(run, images, tmp_path, m
     code, _, err = run("match", images[0], bad, "--out", tmp_path / "o", "--model", "tiny", "-q")
     assert code == 3
     assert message in _one_error_line(err)
+
+
+def test_coseg_on_fewer_images_removes_the_earlier_labels(run, images, tmp_path):
+    out = tmp_path / "parts"
+    assert run("coseg", *images, "--out", out, "--model", "tiny", "-q")[0] == 0
+    assert (out / "labels_2.tif").is_file()
+    code, _, err = run("coseg", *images[:2], "--out", out, "--model", "tiny")
+    assert code == 0, err
+    assert not (out / "labels_2.tif").exists()
+    assert "removed 1 file(s) of the earlier run: labels_2.tif" in err
+    assert _folder_state(out) == ("complete", 0)

@@ -147,3 +147,39 @@ def test_tiny_model_figures_carry_the_notice_and_colour_figures_a_colour_bar(dra
         assert noticed == [tiny] * 7
         # colour = an amount everywhere but the label picture (colour = segment id)
         assert [_has_colour_bar(f) for f in drawn] == [True] * 5 + [False, True]
+
+
+# -- model="auto" offline: decided once, quickly, said once ----------------------------------
+
+
+def test_auto_without_weights_asks_the_network_once_and_warns_once(hub_cache, monkeypatch):
+    import socket
+    import warnings
+
+    import huggingface_hub.constants
+
+    from napari_corrseg.engine import LazyEngine, models
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(models, "_HUB_REACHABLE", {})
+    probes = []
+
+    def unreachable(address, timeout=None):
+        probes.append((address, timeout))
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine = LazyEngine("auto", device="cpu")
+        assert engine.is_tiny and not engine.loaded  # decided without loading anything
+        again = LazyEngine("auto", device="cpu")
+        assert again.is_tiny
+    assert len(probes) == 1 and probes[0][1] <= 2.0  # asked once, with a short timeout
+    messages = [str(w.message) for w in caught if "TINY RANDOM" in str(w.message)]
+    assert len(messages) == 2  # one per engine, none when it later loads
+    assert all("hub cannot be reached" in m and "\n" not in m for m in messages)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.load()  # loads the tiny model it decided on: no second decision
+    assert not [w for w in caught if "TINY RANDOM" in str(w.message)]
