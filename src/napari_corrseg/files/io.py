@@ -35,12 +35,11 @@ from .atomic import (
     write_points_csv,
     write_tiff,
 )
+from .folder_check import FolderCheck, check_output_folder
 from .output_folder import (
     RUN_FILE,
     CommitReport,
-    FolderCheck,
     OutputTransaction,
-    check_output_folder,
     output_transaction,
     prepare_output_dir,
 )

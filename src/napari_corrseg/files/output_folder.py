@@ -15,10 +15,10 @@ folder and gives the run a hidden staging folder inside it
 So whatever moment a run is killed at, the folder is the earlier complete run (killed
 while staging: the hidden staging folder is cleaned up by the next run), visibly
 incomplete (``run.json`` says "in progress"; steps 1-3 are renames and take
-milliseconds), or the new complete run. `check_output_folder` tells which. A folder the
-tool made is always reusable, complete or not; files in it that no run listed (the
-user's own) are never removed. A run that fails before committing leaves the folder as
-it was, and removes it again if the run created it.
+milliseconds), or the new complete run; `napari_corrseg.files.folder_check` tells
+which. A folder the tool made is always reusable, complete or not; files in it that no
+run listed (the user's own) are never removed. A run that fails before committing
+leaves the folder as it was, and removes it again if the run created it.
 
 Files and folders get the user's umask. numpy-free; the standard library only.
 """
@@ -45,9 +45,7 @@ __all__ = [
     "STATUS_COMPLETE",
     "STATUS_IN_PROGRESS",
     "CommitReport",
-    "FolderCheck",
     "OutputTransaction",
-    "check_output_folder",
     "output_transaction",
     "prepare_output_dir",
 ]
@@ -230,6 +228,11 @@ def _folder_contains(folder: Path, path: Path) -> bool:
     return folder in path.parents
 
 
+def _journal_written(folder: Path) -> bool:
+    record = _read_record(folder)
+    return record is not None and record.get("status") == STATUS_IN_PROGRESS
+
+
 def _remove_empty_parents(folder: Path, removed: Path) -> None:
     parent = removed.parent
     while parent != folder and folder in parent.parents:
@@ -333,6 +336,17 @@ def output_transaction(
     transaction = OutputTransaction(folder, staging, reused, created, previous, _lock=lock)
     try:
         yield transaction
+    except OSError as error:  # a full disk, a lost mount: the user's to fix, not a bug
+        transaction.abort()
+        state = (
+            "is marked incomplete"
+            if transaction.report is None and _journal_written(folder)
+            else "was left as it was"
+        )
+        raise OutputError(
+            f"cannot write results to {folder}: {error.strerror or error}; the folder {state}, "
+            "free some space or choose another --out and run again"
+        ) from None
     except BaseException:
         transaction.abort()
         raise
@@ -342,61 +356,6 @@ def output_transaction(
     finally:
         if lock is not None:
             lock.close()
-
-
-# -- checking a folder -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FolderCheck:
-    """What `check_output_folder` found.
-
-    ``status``: ``"complete"`` (run.json lists exactly the files there, with matching
-    SHA-256), ``"in progress"`` (a run was interrupted: the folder is incomplete),
-    ``"modified"`` (run.json says complete but files differ; see ``problems``),
-    ``"unverified"`` (run.json of an older version, which listed no checksums),
-    ``"empty"`` or ``"not a result"``.
-    """
-
-    folder: Path
-    status: str
-    problems: tuple[str, ...] = ()
-    record: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the folder holds one complete, unmodified run."""
-        return self.status == STATUS_COMPLETE
-
-
-def check_output_folder(path: str | Path, *, checksums: bool = True) -> FolderCheck:
-    """Tell whether a result folder holds one complete run (see `FolderCheck`).
-
-    Files the user added (anything not listed in ``run.json``) count as problems of a
-    ``"modified"`` folder, as do missing or changed files.
-    """
-    folder = Path(path)
-    record = _read_record(folder)
-    visible = [n for n in _visible_files(folder) if n != RUN_FILE] if folder.is_dir() else []
-    if record is None:
-        if not visible and not (folder / RUN_FILE).exists():
-            return FolderCheck(folder, "empty")
-        return FolderCheck(folder, "not a result", ("no napari-corrseg run.json",))
-    status = record.get("status")
-    if status == STATUS_IN_PROGRESS:
-        return FolderCheck(folder, STATUS_IN_PROGRESS, ("a run was interrupted",), record)
-    if status != STATUS_COMPLETE or "files" not in record:
-        return FolderCheck(folder, "unverified", ("run.json lists no checksums",), record)
-    listed = {e.get("path"): e for e in record["files"] if isinstance(e, dict)}
-    problems = [f"missing: {n}" for n in sorted(set(listed) - set(visible))]
-    problems += [f"not listed in run.json: {n}" for n in sorted(set(visible) - set(listed))]
-    if checksums:
-        for name in sorted(set(listed) & set(visible)):
-            if _sha256(folder / name) != listed[name].get("sha256"):
-                problems.append(f"changed since the run: {name}")
-    return FolderCheck(
-        folder, STATUS_COMPLETE if not problems else "modified", tuple(problems), record
-    )
 
 
 def prepare_output_dir(path: str | Path, *, overwrite: bool = False) -> tuple[Path, bool]:

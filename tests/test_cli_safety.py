@@ -1,0 +1,263 @@
+"""The command line cannot lose, mix or silently misread anything (issue 16).
+
+SIGKILLed reruns into an earlier results folder, reruns with fewer outputs, options
+checked before the model loads, ``--no-cache``, ``--model auto`` offline, keypoint
+tables in every common form, unusable images. Fixtures come from ``test_cli.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+import test_cli
+from test_cli import _csv, _one_error_line
+
+pytestmark = pytest.mark.slow
+images = test_cli.images  # the fixtures of test_cli.py
+run = test_cli.run
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+KILL_CHILD = """
+import os, signal, sys
+from napari_corrseg import cli
+from napari_corrseg.files import atomic
+
+kill_before, kill_after = int(os.environ["KILL_BEFORE"]), int(os.environ["KILL_AFTER"])
+count = [0]
+real = atomic._replace
+
+def replace(source, destination):
+    count[0] += 1
+    if count[0] == kill_before:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(source, destination)
+    if count[0] == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+atomic._replace = replace
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _folder_state(folder):
+    """("complete", seed) after checking every file's SHA-256, or ("in progress", None)."""
+    from napari_corrseg.files.io import check_output_folder
+
+    check = check_output_folder(folder)
+    assert check.status in ("complete", "in progress"), (folder, check.status, check.problems)
+    if check.status == "in progress":
+        return check.status, None
+    return check.status, check.record["settings"]["seed"]
+
+
+def test_sigkilled_match_rerun_leaves_a_whole_run_or_a_marked_folder(
+    run, images, tmp_path, monkeypatch
+):
+    import shutil
+
+    from napari_corrseg.files import atomic
+
+    pair = [images[0], images[1]]
+    earlier = tmp_path / "earlier"
+    assert run("match", *pair, "--out", earlier, "--model", "tiny", "-q")[0] == 0
+    # the seed-1 run in a fresh folder: the reference, and the count of visible writes
+    calls = []
+    real = atomic._replace
+    monkeypatch.setattr(atomic, "_replace", lambda s, d: calls.append(Path(d)) or real(s, d))
+    reference = tmp_path / "seed1"
+    assert run("match", *pair, "--out", reference, "--model", "tiny", "-q", "--seed", 1)[0] == 0
+    monkeypatch.setattr(atomic, "_replace", real)
+    calls = [c for c in calls if (tmp_path / "cache") not in c.parents]  # not the map cache
+    n_files = len(list((reference / "pair_0_1").iterdir()))
+    assert len(calls) == 2 * n_files + 2  # staged, journal, moved, final run.json
+    matches = {
+        seed: (folder / "pair_0_1" / "matches.csv").read_text()
+        for seed, folder in ((0, earlier), (1, reference))
+    }
+    assert matches[0] != matches[1]
+    points = {
+        "during writes": (3, 0),
+        "while moving in": (n_files + 4, 0),
+        "before run.json": (len(calls), 0),
+        "after": (0, len(calls)),
+    }
+    environment = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"}
+    seen = {}
+    for name, (before, after) in points.items():
+        folder = tmp_path / name.replace(" ", "-")
+        shutil.copytree(earlier, folder)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                KILL_CHILD,
+                "match",
+                *map(str, pair),
+                "--out",
+                str(folder),
+                "--model",
+                "tiny",
+                "-q",
+                "--seed",
+                "1",
+            ],
+            env={**environment, "KILL_BEFORE": str(before), "KILL_AFTER": str(after)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == -9, done.stderr
+        seen[name] = state = _folder_state(folder)
+        if state[0] == "complete":  # its files are those of the run its run.json describes
+            assert (folder / "pair_0_1" / "matches.csv").read_text() == matches[state[1]]
+    assert seen == {
+        "during writes": ("complete", 0),
+        "while moving in": ("in progress", None),
+        "before run.json": ("in progress", None),
+        "after": ("complete", 1),
+    }
+    for name in ("while moving in", "during writes"):  # and every folder is reusable
+        folder = tmp_path / name.replace(" ", "-")
+        code, _, err = run("match", *pair, "--out", folder, "--model", "tiny", "-q", "--seed", 1)
+        assert code == 0, err
+        assert _folder_state(folder) == ("complete", 1)
+        assert (folder / "pair_0_1" / "matches.csv").read_text() == matches[1]
+
+
+def test_rerun_with_fewer_targets_removes_and_names_the_old_pairs(run, images, tmp_path):
+    out = tmp_path / "out"
+    assert run("match", *images, "--out", out, "--model", "tiny", "-q")[0] == 0
+    assert (out / "pair_0_2" / "matches.csv").is_file()
+    code, _, err = run("match", *images[:2], "--out", out, "--model", "tiny")
+    assert code == 0, err
+    assert not (out / "pair_0_2").exists()
+    assert "replacing earlier results" in err and "pair_0_2/matches.csv" in err
+    assert _folder_state(out) == ("complete", 0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--min-confidence", "2", "--min-confidence must be a number in 0..1"),
+        ("--min-confidence", "-0.5", "--min-confidence"),
+        ("--timestep", "5000", "--timestep must be in 0..999"),
+        ("--timestep", "-1", "--timestep"),
+        ("--seed", str(2**70), "--seed must be an integer in 0.."),
+        ("--seed", "-3", "--seed"),
+        ("--layers", "99", "--layers 99"),
+        ("--layers", ",", "--layers is empty"),
+    ],
+)
+def test_options_are_checked_before_the_model_loads(
+    run, images, tmp_path, monkeypatch, option, value, message
+):
+    import napari_corrseg.engine as engine_module
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(engine_module, "load_engine", must_not_load)
+    out = tmp_path / "out"
+    code, _, err = run("match", *images[:2], "--out", out, "--model", "tiny", "-q", option, value)
+    assert code in (1, 2)
+    assert message in _one_error_line(err)
+    assert not out.exists()  # and no empty output folder is left behind
+
+
+def test_no_cache_touches_no_cache(run, images, tmp_path):
+    cache = tmp_path / "cache"
+    code, _, err = run(
+        "match", *images[:2], "--out", tmp_path / "o", "--model", "tiny", "--no-cache"
+    )
+    assert code == 0, err
+    assert not cache.exists() or not any(cache.rglob("*"))
+
+
+def test_auto_model_offline_says_so_in_one_line(run, images, tmp_path, monkeypatch):
+    monkeypatch.delenv("NAPARI_CORRSEG_MODEL", raising=False)
+    code, _, err = run("match", *images[:2], "--out", tmp_path / "o", "-q")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.strip()]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith("napari-corrseg: warning: TINY RANDOM model")
+    assert "HF_HUB_OFFLINE" in warnings[0] and "NOT semantic" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"0,10,20\n1,50.5,80\n2,0,0\n", "headerless index,row,col"),
+        (b"\xef\xbb\xbfrow,col,name\n10,20,nose\n50.5,80,tail\n0,0,ear\n", "BOM, names"),
+        (
+            "index;axis-0;axis-1;name\n0;10;20;Nase\n1;50,5;80;Schwänzchen\n2;0;0;Öhrchen\n".encode(
+                "cp1252"
+            ),
+            "cp1252, semicolons, decimal comma",
+        ),
+    ],
+)
+def test_transfer_reads_every_keypoint_table_right(run, images, tmp_path, data, expected):
+    points = tmp_path / "points.csv"
+    points.write_bytes(data)
+    out = tmp_path / "moved"
+    code, _, err = run(
+        "transfer", images[0], points, images[1], "--out", out, "--model", "tiny", "-q"
+    )
+    assert code == 0, (expected, err)
+    source = _csv(out / "transfer_0_1" / "source_points.csv")
+    assert [(float(r["axis-0"]), float(r["axis-1"])) for r in source] == [
+        (10, 20),
+        (50.5, 80),
+        (0, 0),
+    ]
+    target = _csv(out / "transfer_0_1" / "target_points.csv")
+    if b"name" in data:  # the keypoints' names are carried to both sides
+        names = [r["name"] for r in target]
+        assert names == [r["name"] for r in source] and names[0] in ("nose", "Nase")
+        assert names[1] in ("tail", "Schwänzchen")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: tifffile.imwrite(
+                p, np.zeros((3, 40, 40), np.uint8), photometric="minisblack"
+            ),
+            "3 pages",
+        ),
+        (
+            lambda p: iio.imwrite(p.with_suffix(".png"), np.zeros((1, 1, 3), np.uint8)),
+            "1x1 pixels",
+        ),
+        (lambda p: p.mkdir(), "is a folder"),
+    ],
+)
+def test_unusable_images_are_named_before_anything_runs(run, images, tmp_path, make, message):
+    bad = tmp_path / "bad.tif"
+    make(bad)
+    if not bad.exists():
+        bad = bad.with_suffix(".png")
+    code, _, err = run("match", images[0], bad, "--out", tmp_path / "o", "--model", "tiny", "-q")
+    assert code == 3
+    assert message in _one_error_line(err)
+
+
+def test_coseg_on_fewer_images_removes_the_earlier_labels(run, images, tmp_path):
+    out = tmp_path / "parts"
+    assert run("coseg", *images, "--out", out, "--model", "tiny", "-q")[0] == 0
+    assert (out / "labels_2.tif").is_file()
+    code, _, err = run("coseg", *images[:2], "--out", out, "--model", "tiny")
+    assert code == 0, err
+    assert not (out / "labels_2.tif").exists()
+    assert "removed 1 file(s) of the earlier run: labels_2.tif" in err
+    assert _folder_state(out) == ("complete", 0)
