@@ -145,7 +145,7 @@ def _read_tiff(path: Path) -> np.ndarray:
             data = np.moveaxis(data, 0, -1)  # planar samples, (S, H, W) -> (H, W, S)
         extras = list(page.extrasamples or ())
         alpha = bool(extras) and int(extras[0]) in (1, 2)  # associated / unassociated alpha
-    return _from_photometric(data, photometric, samples, alpha, page)
+        return _from_photometric(data, photometric, samples, alpha, page)  # file still open
 
 
 def _from_photometric(data, photometric, samples: int, alpha: bool, page) -> np.ndarray:
