@@ -27,9 +27,9 @@ def match_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--min-confidence",
-        type=float,
-        default=0.0,
-        help="drop matches below this confidence (0..1)",
+        default="auto",
+        help="drop matches below this confidence (0..1); 'auto' (default) keeps the matches "
+        "the pair's cycle consistency supports; 0 keeps every token",
     )
     parser.add_argument(
         "--mutual", action="store_true", help="keep only mutual nearest neighbours"
@@ -45,8 +45,7 @@ def run_match(args: argparse.Namespace, context: Context) -> int:
     # the forward pass; a NaN floor would silently drop every match)
     if args.max_matches is not None and args.max_matches < 0:
         raise CorrsegError(f"--max-matches must be 0 or more, got {args.max_matches}")
-    if not np.isfinite(args.min_confidence):
-        raise CorrsegError(f"--min-confidence must be a number in 0..1, got {args.min_confidence}")
+    min_confidence = _min_confidence(args.min_confidence)
     paths = [args.source, *args.targets]
     images = _read_images(paths)
     out, reused = prepare_output_dir(args.out, overwrite=args.overwrite)
@@ -58,18 +57,31 @@ def run_match(args: argparse.Namespace, context: Context) -> int:
             0,
             j,
             max_matches=args.max_matches,
-            min_confidence=args.min_confidence,
+            min_confidence=min_confidence,
             mutual=args.mutual,
         )
         folder = export.write_pair(out / f"pair_0_{j}", result, images[0], images[j])
         outputs.append(str(folder.relative_to(out)))
         context.say(
-            f"{paths[0].name} -> {paths[j].name}: {len(result)} matches, "
+            f"{paths[0].name} -> {paths[j].name}: {len(result)} matches at confidence >= "
+            f"{result.min_confidence:.3g}{' (auto)' if min_confidence == 'auto' else ''}, "
             f"IMS {result.ims:.3f} grid cells -> {folder}"
         )
     export.write_run(out, "match", args, engine, maps, paths, outputs)
     context.say(f"results in {out}" + (" (replacing earlier results)" if reused else ""))
     return 0
+
+
+def _min_confidence(text) -> float | str:
+    if str(text).lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (np.isfinite(value) and value >= 0):
+        raise CorrsegError(f"--min-confidence must be a number in 0..1 or 'auto', got {text!r}")
+    return value
 
 
 def coseg_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +124,11 @@ def run_coseg(args: argparse.Namespace, context: Context) -> int:
         f"{len(result.segments)} segments ({shared} shared by several images), "
         f"threshold {result.threshold:.4g} -> {out}"
     )
+    if getattr(result, "no_clear_structure", False):
+        context.warn(
+            "no clear structure: the attention does not separate into parts (the merge "
+            "distance less than doubles at the cut); the segments are not to be trusted"
+        )
     export.write_run(out, "coseg", args, engine, maps, args.images, outputs)
     return 0
 
