@@ -19,12 +19,20 @@ CLOSED_CYCLE_SQUARED = 2
 
 
 def peak_tokens(matrix: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Arg-max of every row and whether the row has a peak at all.
+    """Arg-max of every row and whether the row has a peak at all (see `row_summary`)."""
+    argmax, has_peak, _ = row_summary(matrix, grid, entropy=False)
+    return argmax, has_peak
 
-    A row has a peak unless its maximum is shared: entries within two float32 units in
-    the last place of the maximum count as tied. Ties between adjacent tokens (all tied
-    entries inside one 2 x 2 block of the grid: the peak sits between token centres) are
-    one peak; any other tie, a uniform row first of all, is no peak. A row without a peak
+
+def row_summary(
+    matrix: np.ndarray, grid: tuple[int, int], *, entropy: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Arg-max, peak and (optionally) entropy of every row, in one pass over the rows.
+
+    A row has a peak unless its maximum is shared by several entries (exactly equal
+    values, as in a uniform row). A tie between adjacent tokens (all tied entries inside
+    one 2 x 2 block of the grid: the peak sits between token centres) is one peak; any
+    other tie, a uniform row first of all, is no peak. A row without a peak
     gives no match: its arg-max would only be numpy's lowest tied index.
 
     Returns
@@ -33,34 +41,44 @@ def peak_tokens(matrix: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, 
         ``(rows,)`` int64, the first maximum of each row.
     has_peak : numpy.ndarray
         ``(rows,)`` bool.
+    entropy : numpy.ndarray or None
+        ``(rows,)`` float64 Shannon entropy (natural log, ``0 log 0 = 0``), clipped to
+        ``[0, log N]``; None with ``entropy=False``.
     """
     n_rows, n_cols = matrix.shape
     h, w = grid
     argmax = np.empty(n_rows, dtype=np.int64)
     has_peak = np.ones(n_rows, dtype=bool)
+    row_entropy = np.empty(n_rows, dtype=np.float64) if entropy else None
+    tiny = np.finfo(matrix.dtype).tiny if matrix.dtype.kind == "f" else 1e-300
     token_row, token_col = np.divmod(np.arange(n_cols), w)
     step = max(1, _CHUNK_ENTRIES // max(n_cols, 1))
     for start in range(0, n_rows, step):
-        block = matrix[start : start + step]
+        block = matrix[start : start + step]  # read once while it is in cache
+        if entropy:
+            log_block = np.log(np.maximum(block, tiny))
+            row_entropy[start : start + step] = -np.einsum("ij,ij->i", block, log_block)
         best = np.argmax(block, axis=1)
         argmax[start : start + step] = best
-        top = block[np.arange(block.shape[0]), best]
-        floor = top - 2 * np.spacing(top.astype(np.float32))
-        tied = block >= floor[:, None]
-        count = tied.sum(axis=1)
-        several = np.flatnonzero(count > 1)
+        # a tie shows as a last maximum that is not the first: only those rows are looked at
+        last = n_cols - 1 - np.argmax(block[:, ::-1], axis=1)
+        several = np.flatnonzero(last != best)
         if several.size == 0:
             continue
-        sub = tied[several]
-        row_span = np.where(sub, token_row, -1).max(axis=1) - np.where(sub, token_row, h).min(
+        sub = block[several]
+        tied = sub == sub[np.arange(several.size), best[several]][:, None]
+        count = np.count_nonzero(tied, axis=1)
+        row_span = np.where(tied, token_row, -1).max(axis=1) - np.where(tied, token_row, h).min(
             axis=1
         )
-        col_span = np.where(sub, token_col, -1).max(axis=1) - np.where(sub, token_col, w).min(
+        col_span = np.where(tied, token_col, -1).max(axis=1) - np.where(tied, token_col, w).min(
             axis=1
         )
-        one_peak = (row_span <= 1) & (col_span <= 1) & (count[several] < n_cols)
+        one_peak = (row_span <= 1) & (col_span <= 1) & (count < n_cols)
         has_peak[start + several] = one_peak
-    return argmax, has_peak
+    if entropy:
+        np.clip(row_entropy, 0.0, np.log(n_cols) if n_cols > 1 else 0.0, out=row_entropy)
+    return argmax, has_peak, row_entropy
 
 
 @dataclass(frozen=True)
@@ -90,23 +108,45 @@ class ReliabilityCut:
     n_misplaced: int
 
 
-def return_probability(a_st: np.ndarray, a_ts: np.ndarray) -> np.ndarray:
-    """``(A_st A_ts)[i, i]``: the chance that a round trip drawn from the attention itself
-    (to the target with ``A_st[i]``, back with ``A_ts``) comes back to token ``i``.
+def round_trips(
+    a_st: np.ndarray, a_ts: np.ndarray, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The soft round trip ``A_st A_ts P`` and the return probability ``(A_st A_ts)_ii``.
 
-    An uninformative forward row returns with probability about ``1 / N``, whatever its
-    arg-max does; a sharp, consistent match far more often. Row chunks, no ``N x N``
-    temporary.
+    ``return_probability[i]`` is the chance that a round trip drawn from the attention
+    itself (to the target with ``A_st[i]``, back with ``A_ts``) comes back to token ``i``:
+    about ``1 / N`` for an uninformative forward row whatever its arg-max does, far more
+    for a sharp, consistent match. The return probability is one more pass over both
+    maps in square tiles (the reverse map read transposed); no ``N x N`` temporary.
+
+    Returns
+    -------
+    round_trip : numpy.ndarray
+        ``(N, 2)`` expected position after the soft round trip.
+    return_probability : numpy.ndarray
+        ``(N,)`` float64.
     """
-    n_rows = a_st.shape[0]
-    out = np.empty(n_rows, dtype=np.float64)
-    step = max(1, _CHUNK_ENTRIES // max(a_st.shape[1], 1))
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
-        out[start:stop] = np.einsum(
-            "ij,ji->i", a_st[start:stop], a_ts[:, start:stop], dtype=np.float64
-        )
-    return out
+    # the soft round trip: two (N, N) x (N, 2) products (BLAS, one pass over each map)
+    round_trip = a_st @ (a_ts @ positions.astype(np.float32))
+    n = a_st.shape[0]
+    returned = np.zeros(n, dtype=np.float64)
+    tile = 128  # square tiles of both maps; the reverse tile is copied transposed
+    flipped = np.empty((tile, tile), dtype=a_ts.dtype)
+    for i in range(0, n, tile):
+        rows = min(tile, n - i)
+        for j in range(0, n, tile):
+            cols = min(tile, n - j)
+            reverse = flipped[:rows, :cols]
+            reverse[...] = a_ts[j : j + cols, i : i + rows].T
+            returned[i : i + rows] += np.einsum(
+                "ij,ij->i", a_st[i : i + rows, j : j + cols], reverse
+            )
+    return round_trip, returned
+
+
+def return_probability(a_st: np.ndarray, a_ts: np.ndarray) -> np.ndarray:
+    """``(A_st A_ts)[i, i]`` for every source token (see `round_trips`)."""
+    return round_trips(a_st, a_ts, np.zeros((a_st.shape[0], 2)))[1]
 
 
 def cycle_classes(

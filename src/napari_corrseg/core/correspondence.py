@@ -22,15 +22,14 @@ from ._correspondence_ops import (
     check_pair,
     confidence_score,
     refine_peaks,
-    row_entropy,
     spread_select,
 )
 from ._reliability import (
     ReliabilityCut,
     cut_between,
     cycle_classes,
-    peak_tokens,
-    return_probability,
+    round_trips,
+    row_summary,
 )
 from .maps import token_coordinates
 from .point_query import QueryResult, TransferredPoints, query, transfer_points
@@ -170,18 +169,16 @@ def _inverse_mapping_checked(
     h, w = grid
     n = h * w
     positions = token_coordinates((h, w))
-    forward, has_peak = peak_tokens(a_st, (h, w))
-    backward, target_has_peak = peak_tokens(a_ts, (h, w))
+    forward, has_peak, forward_entropy = row_summary(a_st, (h, w))
+    backward, target_has_peak, entropy = row_summary(a_ts, (h, w))
     cycle_error = np.linalg.norm(positions - positions[backward[forward]], axis=1)
     defined = has_peak & target_has_peak[forward]
     cycle_error[~defined] = np.nan
-    entropy = row_entropy(a_ts)
-    forward_entropy = row_entropy(a_st)
     density = np.bincount(forward[has_peak], minlength=n)
     with np.errstate(divide="ignore", invalid="ignore"):
         nims = np.where(density > 0, entropy / np.log1p(density), np.nan)
-    # A_st @ (A_ts @ P): two (N, N) x (N, 2) products, no N x N temporary
-    round_trip = a_st @ (a_ts @ positions.astype(np.float32))
+    # A_st @ (A_ts @ P) and diag(A_st A_ts) in one tiled pass, no N x N temporary
+    round_trip, returned = round_trips(a_st, a_ts, positions)
     soft_cycle_error = np.linalg.norm(positions - round_trip, axis=1)
     confidence = confidence_score(
         np.where(defined, cycle_error, 0.0),
@@ -205,7 +202,7 @@ def _inverse_mapping_checked(
         grid=(h, w),
         has_peak=has_peak,
         target_has_peak=target_has_peak,
-        return_probability=return_probability(a_st, a_ts),
+        return_probability=returned,
     )
 
 
