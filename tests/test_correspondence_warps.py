@@ -49,7 +49,7 @@ def match_errors(pair, matches) -> np.ndarray:
 @pytest.mark.parametrize("warp", WARPS, ids=lambda w: w.name)
 def test_match_recovers_known_warp(warp, grid):
     pair = make_pair(grid, warp, temperature=0.8, noise=0.3, seed=7)
-    matches = match(pair.a_st, pair.a_ts, grid)
+    matches = match(pair.a_st, pair.a_ts, grid, min_confidence=0)
     assert len(matches) == grid[0] * grid[1]
     errors = match_errors(pair, matches)[pair.visible]
     within = float((errors <= 1.0).mean())
@@ -80,7 +80,7 @@ def test_sub_token_refinement_beats_the_peak():
 )
 def test_confidence_ranks_correct_above_wrong_under_occlusion(warp, occlusion, noise):
     pair = make_pair((16, 16), warp, temperature=0.8, noise=noise, occlusion=occlusion, seed=2)
-    matches = match(pair.a_st, pair.a_ts, pair.grid)
+    matches = match(pair.a_st, pair.a_ts, pair.grid, min_confidence=0)
     correct = (match_errors(pair, matches) <= 1.0) & pair.visible
     assert 0 < correct.sum() < len(correct), "the case needs both correct and wrong matches"
     score = auroc(matches.confidence, correct)
@@ -183,7 +183,7 @@ def test_aggregate_keeps_the_correspondence_and_downsamples():
     coarse = make_pair((8, 8), translation((1.0, 1.0)), temperature=0.8, seed=0)
     a_st = aggregate_attention([coarse.a_st, fine.a_st], [(8, 8), (16, 16)])
     a_ts = aggregate_attention([coarse.a_ts, fine.a_ts], [(8, 8), (16, 16)])
-    matches = match(a_st, a_ts, (16, 16))
+    matches = match(a_st, a_ts, (16, 16), min_confidence=0)
     errors = match_errors(fine, matches)[fine.visible]
     assert (errors <= 1.0).mean() >= 0.95
     down = aggregate_attention([fine.a_st], [(16, 16)], out_grid=(8, 8))

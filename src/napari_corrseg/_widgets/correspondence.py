@@ -224,7 +224,10 @@ class CorrespondenceWidget(QWidget):
 
     def _summary(self) -> str:
         result = self.result
-        return f"{len(result)} matches; inverse mapping score {result.ims:.2f} grid cells"
+        return (
+            f"{len(result)} matches; inverse mapping score {result.ims:.2f} grid cells; "
+            f"confidence >= {getattr(result, 'min_confidence', 0.0):.3f} (auto)"
+        )
 
     def _apply_confidence(self, *_: Any) -> None:
         """Show only matches at or above the confidence floor (both sides, and lines).

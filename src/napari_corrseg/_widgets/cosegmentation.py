@@ -213,6 +213,7 @@ class CosegmentationWidget(QWidget):
         self.status.setText(
             f"{len(result.segments)} segments ({shared} shared), threshold "
             f"{result.threshold:.3f}{' (auto)' if self.auto_threshold.isChecked() else ''}"
+            + ("; no clear structure" if getattr(result, "no_clear_structure", False) else "")
         )
 
     def _remove_stale_labels(self, n_images: int) -> None:

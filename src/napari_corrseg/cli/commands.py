@@ -34,9 +34,9 @@ def match_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--min-confidence",
-        type=float,
-        default=0.0,
-        help="drop matches below this confidence (0..1)",
+        default="auto",
+        help="drop matches below this confidence (0..1); 'auto' (default) keeps the matches "
+        "the pair's cycle consistency supports; 0 keeps every token",
     )
     parser.add_argument(
         "--mutual", action="store_true", help="keep only mutual nearest neighbours"
@@ -92,7 +92,8 @@ def run_match(args: argparse.Namespace, context: Context) -> int:
             export.write_pair(out.path(name), result, images[0], images[j], tiny=engine.is_tiny)
             outputs.append(name)
             context.say(
-                f"{paths[0].name} -> {paths[j].name}: {len(result)} matches, "
+                f"{paths[0].name} -> {paths[j].name}: {len(result)} matches at confidence >= "
+                f"{result.min_confidence:.3g}{' (auto)' if min_confidence == 'auto' else ''}, "
                 f"IMS {result.ims:.3f} grid cells -> {out.folder / name}"
             )
         report = out.commit(export.run_record("match", args, engine, maps, paths, outputs))
@@ -141,6 +142,11 @@ def run_coseg(args: argparse.Namespace, context: Context) -> int:
             f"{len(result.segments)} segments ({shared} shared by several images), "
             f"threshold {result.threshold:.4g}"
         )
+        if result.no_clear_structure:
+            context.warn(
+                "no clear structure: the attention does not separate into parts (the merge "
+                "distance less than doubles at the cut); the segments are not to be trusted"
+            )
         record = export.run_record("coseg", args, engine, maps, args.images, outputs)
         report = out.commit(record)
     context.say(report.summary())

@@ -3,9 +3,9 @@
 Given ``A_st`` (source queries over target keys) and ``A_ts`` (the reverse), both ``(N, N)``
 row-stochastic on an ``h x w`` grid, this module computes the inverse-mapping metrics of the
 method (cycle error and IMS, inverse mapping entropy IME, mapping density MD, NIMS), dense
-and sparse matches with sub-token refinement and a confidence in ``[0, 1]``, interactive
-point queries, keypoint transfer, and the aggregation of maps from several layers or
-resolutions. Formulas and conventions: ``docs/method.md``.
+and sparse matches with sub-token refinement, a confidence in ``[0, 1]`` and an automatic
+reliability cut, interactive point queries, keypoint transfer, and the aggregation of maps
+from several layers or resolutions. Formulas and conventions: ``docs/method.md``.
 
 Coordinates are ``(row, col)`` grid coordinates: token ``k`` is centred at
 ``(k // w, k % w)``. Pure numpy; imports neither torch nor Qt.
@@ -19,28 +19,32 @@ import numpy as np
 
 from ._correspondence_ops import (
     aggregate_attention,
-    bilinear_rows,
     check_pair,
-    check_points,
-    check_rows,
     confidence_score,
     refine_peaks,
-    row_entropy,
     spread_select,
-    window_mass,
 )
-from ._validation import check_grid
+from ._reliability import (
+    ReliabilityCut,
+    cut_between,
+    cycle_classes,
+    round_trips,
+    row_summary,
+)
 from .maps import token_coordinates
+from .point_query import QueryResult, TransferredPoints, query, transfer_points
 
 __all__ = [
     "InverseMapping",
     "Matches",
     "QueryResult",
+    "ReliabilityCut",
     "TransferredPoints",
     "aggregate_attention",
     "inverse_mapping",
     "match",
     "query",
+    "reliability_cut",
     "transfer_points",
 ]
 
@@ -49,26 +53,27 @@ __all__ = [
 class InverseMapping:
     """Hard and soft inverse-mapping metrics of one ordered image pair.
 
-    Per *source* token ``i``: `forward`, `cycle_error`, `soft_cycle_error`,
-    `forward_entropy`, `confidence`. Per *target* token ``j``: `backward`, `entropy`
-    (IME), `density` (MD), `nims`. All arrays have length ``N`` in token order; reshape
-    to ``grid`` (or call `as_images`) to see them as maps.
+    Per *source* token ``i``: `forward`, `has_peak`, `cycle_error`, `soft_cycle_error`,
+    `return_probability`, `forward_entropy`, `confidence`. Per *target* token ``j``: `backward`,
+    `target_has_peak`, `entropy` (IME), `density` (MD), `nims`. All arrays have length
+    ``N`` in token order; reshape to ``grid`` (or call `as_images`) to see them as maps.
 
     Attributes
     ----------
     forward : numpy.ndarray
-        ``(N,)`` int, ``f(i) = argmax_j A_st[i, j]``.
+        ``(N,)`` int, ``f(i) = argmax_j A_st[i, j]`` (the first maximum).
     backward : numpy.ndarray
         ``(N,)`` int, ``g(j) = argmax_i A_ts[j, i]``.
     cycle_error : numpy.ndarray
-        ``(N,)`` float, ``||p(i) - p(g(f(i)))||`` in grid cells.
+        ``(N,)`` float, ``||p(i) - p(g(f(i)))||`` in grid cells; NaN where the cycle is
+        undefined (row ``i`` of ``A_st`` or row ``f(i)`` of ``A_ts`` has no peak).
     ims : float
-        Inverse mapping score, the mean cycle error.
+        Inverse mapping score, the mean of the defined cycle errors (NaN if none is).
     entropy : numpy.ndarray
         ``(N,)`` float, IME ``-sum_i A_ts[j, i] log A_ts[j, i]`` (natural log), in
         ``[0, log N]``.
     density : numpy.ndarray
-        ``(N,)`` int, MD ``#{i : f(i) = j}``; sums to ``N``.
+        ``(N,)`` int, MD ``#{i : f(i) = j}`` over the source tokens that have a peak.
     nims : numpy.ndarray
         ``(N,)`` float, ``IME / log(1 + MD)``; NaN where ``MD == 0``.
     soft_cycle_error : numpy.ndarray
@@ -78,9 +83,18 @@ class InverseMapping:
         ``(N,)`` float, ``-sum_j A_st[i, j] log A_st[i, j]``.
     confidence : numpy.ndarray
         ``(N,)`` float in ``[0, 1]``: confidence of the match of each source token (see
-        `match`).
+        `match`); 0 where the cycle is undefined.
     grid : tuple of int
         ``(h, w)``.
+    has_peak : numpy.ndarray
+        ``(N,)`` bool: row ``i`` of ``A_st`` has a peak (its maximum is not a tie, see
+        ``docs/method.md``). A source token without one is never matched.
+    target_has_peak : numpy.ndarray
+        ``(N,)`` bool: the same for the rows of ``A_ts``.
+    return_probability : numpy.ndarray
+        ``(N,)`` float, ``(A_st A_ts)[i, i]``: how often a round trip drawn from the
+        attention comes back to token ``i`` exactly; about ``1 / N`` for a row that
+        carries no information.
     """
 
     forward: np.ndarray
@@ -94,16 +108,21 @@ class InverseMapping:
     forward_entropy: np.ndarray
     confidence: np.ndarray
     grid: tuple[int, int]
+    has_peak: np.ndarray
+    target_has_peak: np.ndarray
+    return_probability: np.ndarray
 
     def as_images(self) -> dict[str, np.ndarray]:
         """Every per-token metric reshaped to the ``(h, w)`` grid, keyed by field name.
 
-        ``cycle_error``, ``soft_cycle_error``, ``forward_entropy`` and ``confidence`` live
-        on the source image; ``entropy``, ``density`` and ``nims`` on the target image.
+        ``cycle_error``, ``soft_cycle_error``, ``return_probability``, ``forward_entropy``
+        and ``confidence`` live on the source image; ``entropy``, ``density`` and
+        ``nims`` on the target image.
         """
         names = (
             "cycle_error",
             "soft_cycle_error",
+            "return_probability",
             "forward_entropy",
             "confidence",
             "entropy",
@@ -135,7 +154,8 @@ def inverse_mapping(a_st, a_ts, grid, *, cycle_scale: float = 1.0) -> InverseMap
     Raises
     ------
     ValueError
-        If a map is not square, not row-stochastic, contains NaN, or does not match the
+        If a map is not square, not row-stochastic (within ``1e-2``; rows off by more
+        than float32 rounding are renormalised), contains NaN, or does not match the
         grid, or if the two maps differ in size.
     """
     a_st, a_ts, grid = check_pair(a_st, a_ts, grid)
@@ -149,29 +169,30 @@ def _inverse_mapping_checked(
     h, w = grid
     n = h * w
     positions = token_coordinates((h, w))
-    forward = np.argmax(a_st, axis=1)
-    backward = np.argmax(a_ts, axis=1)
+    forward, has_peak, forward_entropy = row_summary(a_st, (h, w))
+    backward, target_has_peak, entropy = row_summary(a_ts, (h, w))
     cycle_error = np.linalg.norm(positions - positions[backward[forward]], axis=1)
-    entropy = row_entropy(a_ts)
-    forward_entropy = row_entropy(a_st)
-    density = np.bincount(forward, minlength=n)
+    defined = has_peak & target_has_peak[forward]
+    cycle_error[~defined] = np.nan
+    density = np.bincount(forward[has_peak], minlength=n)
     with np.errstate(divide="ignore", invalid="ignore"):
         nims = np.where(density > 0, entropy / np.log1p(density), np.nan)
-    # A_st @ (A_ts @ P): two (N, N) x (N, 2) products, no N x N temporary
-    round_trip = a_st @ (a_ts @ positions.astype(np.float32))
+    # A_st @ (A_ts @ P) and diag(A_st A_ts) in one tiled pass, no N x N temporary
+    round_trip, returned = round_trips(a_st, a_ts, positions)
     soft_cycle_error = np.linalg.norm(positions - round_trip, axis=1)
     confidence = confidence_score(
-        cycle_error,
+        np.where(defined, cycle_error, 0.0),
         np.maximum(forward_entropy, entropy[forward]),
         density[forward],
         n,
         cycle_scale,
     )
+    confidence[~defined] = 0.0
     return InverseMapping(
         forward=forward,
         backward=backward,
         cycle_error=cycle_error,
-        ims=float(cycle_error.mean()),
+        ims=float(cycle_error[defined].mean()) if defined.any() else float("nan"),
         entropy=entropy,
         density=density,
         nims=nims,
@@ -179,7 +200,45 @@ def _inverse_mapping_checked(
         forward_entropy=forward_entropy,
         confidence=confidence,
         grid=(h, w),
+        has_peak=has_peak,
+        target_has_peak=target_has_peak,
+        return_probability=returned,
     )
+
+
+def reliability_cut(inverse: InverseMapping) -> ReliabilityCut:
+    """The confidence above which this pair's matches are supported: ``"auto"`` of `match`.
+
+    The pair's own cycles label its source tokens. A cycle is *closed* when the hard
+    round trip ``g(f(i))`` comes back to ``i`` itself and the soft round trip returns to
+    ``i`` more often than chance (`InverseMapping.return_probability` above ``1 / N``:
+    a diffuse row that closes by coincidence does not count). It is *broken* when the
+    round trip lands more than one token away (beyond the 8 neighbours: the tolerance a
+    match is judged by), is undefined, or returns no more often than chance. Cycles that
+    come back to a neighbour are left out: the cut decides them, they do not place it.
+    The cut is the confidence that separates closed from broken best, misplacing the
+    fewest tokens (closed below it, broken at or above it); among equally good cuts, the
+    lowest. Nothing is tuned: the labels, the chance level and the confidences all come
+    from the pair. Tokens whose row has no peak take no part and are never matched.
+
+    Parameters
+    ----------
+    inverse : InverseMapping
+        From `inverse_mapping`.
+
+    Returns
+    -------
+    ReliabilityCut
+        ``threshold`` is the cut; ``match(..., min_confidence=cut.threshold)`` keeps the
+        same matches as ``"auto"``.
+    """
+    eligible = inverse.has_peak
+    closed, broken = cycle_classes(
+        inverse.cycle_error[eligible],
+        inverse.return_probability[eligible],
+        inverse.forward.size,
+    )
+    return cut_between(inverse.confidence[eligible], closed, broken)
 
 
 @dataclass(frozen=True)
@@ -198,13 +257,17 @@ class Matches:
     confidence : numpy.ndarray
         ``(K,)`` float in ``[0, 1]``.
     cycle_error : numpy.ndarray
-        ``(K,)`` float, hard cycle error of the source token, grid cells.
+        ``(K,)`` float, hard cycle error of the source token, grid cells (NaN where the
+        target's reverse row has no peak).
     entropy : numpy.ndarray
         ``(K,)`` float, IME of the matched target token.
     source_token, target_token : numpy.ndarray
         ``(K,)`` int token indices (``target_token`` is the peak ``f(i)``).
     grid : tuple of int
         ``(h, w)``.
+    min_confidence : float
+        The confidence floor that was applied: with ``min_confidence="auto"`` the cut
+        chosen for this pair (reusable as a number), else the number given.
     """
 
     source: np.ndarray
@@ -215,6 +278,7 @@ class Matches:
     source_token: np.ndarray
     target_token: np.ndarray
     grid: tuple[int, int]
+    min_confidence: float = 0.0
 
     def __len__(self) -> int:
         return len(self.source_token)
@@ -227,10 +291,33 @@ class Matches:
         if isinstance(key, int | np.integer):
             key = [key]  # keep (K, 2) / (K,) shapes for a single match
         values = {
-            f.name: (getattr(self, f.name) if f.name == "grid" else getattr(self, f.name)[key])
+            f.name: (
+                getattr(self, f.name)
+                if f.name in ("grid", "min_confidence")
+                else getattr(self, f.name)[key]
+            )
             for f in fields(self)
         }
         return Matches(**values)
+
+
+def _check_min_confidence(min_confidence) -> bool:
+    """True for "auto"; raise ValueError unless a number >= 0."""
+    if isinstance(min_confidence, str):
+        if min_confidence != "auto":
+            raise ValueError(
+                f'min_confidence must be "auto" or a number >= 0, got {min_confidence!r}'
+            )
+        return True
+    try:
+        value = float(min_confidence)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f'min_confidence must be "auto" or a number >= 0, got {min_confidence!r}'
+        ) from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f'min_confidence must be "auto" or a number >= 0, got {min_confidence!r}')
+    return False
 
 
 def match(
@@ -239,13 +326,13 @@ def match(
     grid,
     *,
     mutual: bool = False,
-    min_confidence: float = 0.0,
+    min_confidence: float | str = "auto",
     max_matches: int | None = None,
     window: int = 1,
     cycle_scale: float = 1.0,
     inverse: InverseMapping | None = None,
 ) -> Matches:
-    """Match every source token to the target and rate each match.
+    """Match the source tokens to the target, rate each match and keep the supported ones.
 
     The target of source token ``i`` is its peak ``f(i)``, refined to sub-token precision
     by the soft-argmax of ``A_st[i]`` over the ``(2 window + 1)^2`` tokens around the peak.
@@ -256,6 +343,12 @@ def match(
     - density: ``log 2 / log(1 + MD(f(i)))``, 1 for a one-to-one target, lower for a
       target many sources collapse onto.
 
+    By default (``min_confidence="auto"``) only matches at or above the pair's
+    `reliability_cut` are returned: the confidence that best separates tokens whose
+    cycle closes from those whose cycle breaks. ``min_confidence=0`` returns every
+    source token that has a peak; a row with no peak (a uniform row, a tie) is never a
+    match.
+
     Parameters
     ----------
     a_st, a_ts : array_like
@@ -264,8 +357,9 @@ def match(
         ``(h, w)`` with ``h * w == N``.
     mutual : bool
         Keep only mutual nearest neighbours, ``g(f(i)) == i``.
-    min_confidence : float
-        Drop matches below this confidence.
+    min_confidence : "auto" or float
+        Drop matches below this confidence; "auto" chooses it from the pair (the value
+        used is `Matches.min_confidence`).
     max_matches : int, optional
         Keep at most this many, spread over the source image: the best match in each cell
         of a grid of about ``max_matches`` cells first, then the next best overall.
@@ -285,6 +379,7 @@ def match(
         raise ValueError(f"window must be >= 0, got {window}")
     if max_matches is not None and max_matches < 0:
         raise ValueError(f"max_matches must be >= 0, got {max_matches}")
+    auto = _check_min_confidence(min_confidence)
     a_st, a_ts, checked_grid = check_pair(a_st, a_ts, grid)
     if inverse is None:
         inverse = _inverse_mapping_checked(a_st, a_ts, checked_grid, cycle_scale)
@@ -294,7 +389,8 @@ def match(
             "recompute it with inverse_mapping(a_st, a_ts, grid)"
         )
     h, w = inverse.grid
-    keep = inverse.confidence >= min_confidence
+    floor = reliability_cut(inverse).threshold if auto else float(min_confidence)
+    keep = inverse.has_peak & (inverse.confidence >= floor)
     if mutual:
         keep &= inverse.backward[inverse.forward] == np.arange(h * w)
     chosen = np.flatnonzero(keep)
@@ -313,147 +409,5 @@ def match(
         source_token=chosen,
         target_token=target_token,
         grid=(h, w),
-    )
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    """Where one position of one image lands in the other.
-
-    Attributes
-    ----------
-    heatmap : numpy.ndarray
-        ``(h, w)`` float, the attention of the queried position over the other image
-        (bilinear blend of the 4 nearest rows); sums to 1.
-    best : numpy.ndarray
-        ``(2,)`` refined grid coordinates of the peak.
-    score : float
-        Probability mass inside the refinement window around the peak, in ``[0, 1]``.
-    peak_token : int
-        Token index of the heatmap's maximum.
-    """
-
-    heatmap: np.ndarray
-    best: np.ndarray
-    score: float
-    peak_token: int
-
-
-def query(attention, point, grid, *, window: int = 1) -> QueryResult:
-    """Look up where ``point`` of one image lands in the other.
-
-    ``query(a_st, p, grid)`` goes from source to target, ``query(a_ts, p, grid)`` back.
-    Only the (up to) 4 rows around ``point`` are read and checked, so a call takes well
-    under a millisecond per thousand tokens; the full matrix is not validated.
-
-    Parameters
-    ----------
-    attention : array_like
-        ``(N, N)`` row-stochastic map whose rows are the queried image's tokens.
-    point : array_like
-        ``(row, col)`` grid coordinates, any real position within half a cell of the grid.
-    grid : tuple of int
-        ``(h, w)`` with ``h * w == N``.
-    window : int
-        Radius of the soft-argmax refinement window, in tokens.
-
-    Returns
-    -------
-    QueryResult
-    """
-    attention = np.asarray(attention)
-    if attention.ndim != 2 or attention.shape[0] != attention.shape[1]:
-        raise ValueError(f"attention must be a square (N, N) matrix, got shape {attention.shape}")
-    h, w = check_grid(grid, attention.shape[0])
-    points = check_points(point, (h, w), name="point")
-    if points.shape[0] != 1:
-        raise ValueError(f"query takes one (row, col) point, got {points.shape[0]}")
-    rows, weights = bilinear_rows(points, (h, w))
-    check_rows(attention, rows[0], "attention")
-    heat = weights[0] @ attention[rows[0]].astype(np.float64)
-    peak = int(np.argmax(heat))
-    best = refine_peaks(heat[None], np.array([0]), np.array([peak]), (h, w), window)[0]
-    score = window_mass(heat, peak, (h, w), window)
-    return QueryResult(heatmap=heat.reshape(h, w), best=best, score=score, peak_token=peak)
-
-
-@dataclass(frozen=True)
-class TransferredPoints:
-    """Points carried from the source image to the target image.
-
-    Attributes
-    ----------
-    target : numpy.ndarray
-        ``(P, 2)`` refined target positions, grid coordinates.
-    confidence : numpy.ndarray
-        ``(P,)`` in ``[0, 1]``, the same formula as `match` with the sub-token cycle error.
-    cycle_error : numpy.ndarray
-        ``(P,)`` distance from each point to its round trip, grid cells (sub-token).
-    round_trip : numpy.ndarray
-        ``(P, 2)`` where each point lands when its target is queried back.
-    """
-
-    target: np.ndarray
-    confidence: np.ndarray
-    cycle_error: np.ndarray
-    round_trip: np.ndarray
-
-
-def transfer_points(
-    points,
-    a_st,
-    a_ts,
-    grid,
-    *,
-    window: int = 1,
-    cycle_scale: float = 1.0,
-) -> TransferredPoints:
-    """Carry keypoints from the source to the target, each with a confidence.
-
-    Each point is queried forward (`query` on ``A_st``), its refined target is queried
-    back (`query` on ``A_ts``), and the round trip gives a sub-token cycle error.
-
-    Parameters
-    ----------
-    points : array_like
-        ``(P, 2)`` (or one ``(2,)``) ``(row, col)`` source grid coordinates, any positions
-        within half a cell of the grid.
-    a_st, a_ts : array_like
-        ``(N, N)`` row-stochastic maps.
-    grid : tuple of int
-        ``(h, w)`` with ``h * w == N``.
-    window : int
-        Radius of the refinement window, in tokens.
-    cycle_scale : float
-        Cycle error at which the cycle factor falls to ``exp(-1/2)``.
-
-    Returns
-    -------
-    TransferredPoints
-    """
-    a_st, a_ts, (h, w) = check_pair(a_st, a_ts, grid)
-    n = h * w
-    points = check_points(points, (h, w), name="points")
-    density = np.bincount(np.argmax(a_st, axis=1), minlength=n)
-    rows, weights = bilinear_rows(points, (h, w))
-    heat = np.einsum("pk,pkn->pn", weights, a_st[rows], dtype=np.float64)
-    peaks = np.argmax(heat, axis=1)
-    everything = np.arange(len(points))
-    target = refine_peaks(heat, everything, peaks, (h, w), window)
-    forward_entropy = row_entropy(heat)
-
-    back_rows, back_weights = bilinear_rows(np.clip(target, 0, [h - 1, w - 1]), (h, w))
-    back_heat = np.einsum("pk,pkn->pn", back_weights, a_ts[back_rows], dtype=np.float64)
-    back_peaks = np.argmax(back_heat, axis=1)
-    round_trip = refine_peaks(back_heat, everything, back_peaks, (h, w), window)
-    cycle_error = np.linalg.norm(points - round_trip, axis=1)
-    confidence = confidence_score(
-        cycle_error,
-        np.maximum(forward_entropy, row_entropy(back_heat)),
-        density[peaks],
-        n,
-        cycle_scale,
-    )
-    return TransferredPoints(
-        target=target, confidence=confidence, cycle_error=cycle_error, round_trip=round_trip
+        min_confidence=float(floor),
     )

@@ -14,7 +14,11 @@ work small, and symmetric Kullback-Leibler divergence measures likeness. What di
 3. Threshold. ``threshold="auto"`` cuts the merge tree inside the widest gap of the
    merge distances on a log scale (the number of segments that survives the widest
    range of thresholds); the returned threshold is the geometric middle of that gap, so
-   passing it back reproduces the segmentation. A number cuts the tree there.
+   passing it back reproduces the segmentation. A number cuts the tree there. Distances
+   are computed in float64 and floored at the noise the input's own precision can make
+   (`merge_noise_floor`); when the widest gap is not a clear one (the merge distance
+   less than doubles across it, `CLEAR_GAP_RATIO`) the map shows no clear structure:
+   "auto" gives one segment and says so (`Segmentation.no_clear_structure`).
 4. Assignment. DiffSeg labels a pixel by the arg-max of the merged attention maps. Here
    each token goes to the segment whose mean proposal explains its own attention row
    best (smallest ``KL(row || segment)``), so every token gets exactly one segment.
@@ -33,12 +37,25 @@ import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
-from ._validation import check_attention, check_grid
+from ._merging import (
+    CLEAR_GAP_RATIO,
+    LOG_FLOOR,
+    _normalised,
+    is_clear_gap,
+    merge_levels,
+    merge_noise_floor,
+    symmetric_kl,
+    widest_log_gap,
+)
+from ._validation import check_attention, check_grid, input_precision
 
 __all__ = [
+    "CLEAR_GAP_RATIO",
     "Segmentation",
     "anchor_tokens",
+    "is_clear_gap",
     "merge_levels",
+    "merge_noise_floor",
     "pool_keys",
     "segment",
     "symmetric_kl",
@@ -49,8 +66,6 @@ __all__ = [
 DEFAULT_ANCHORS_PER_SIDE = 16
 #: Keys are pooled to at most this many (32 x 32) for clustering (see `pool_keys`).
 MAX_CLUSTER_KEYS = 1024
-#: Probabilities are floored here before logs; far below any attention value that matters.
-LOG_FLOOR = 1e-12
 
 
 @dataclass
@@ -76,8 +91,16 @@ class Segmentation:
     auto : bool
         Whether the threshold was chosen automatically.
     gap_ratio : float
-        Upper / lower merge distance around the chosen cut: how clearly the data
-        separate into ``n_segments`` parts (large is clear, near 1 is ambiguous).
+        Upper / lower merge distance around the widest gap (with "auto") or the given
+        threshold: how clearly the data separate there (large is clear, near 1 is
+        ambiguous).
+    no_clear_structure : bool
+        True when ``gap_ratio`` is below `CLEAR_GAP_RATIO`: no number of segments stands
+        out. With "auto" the result is then one segment; ``levels()`` still lists the
+        other cuts.
+    noise_floor : float
+        Merge distances at or below this are rounding noise of the input (see
+        `merge_noise_floor`); they count as 0.
     """
 
     labels: np.ndarray
@@ -88,6 +111,8 @@ class Segmentation:
     anchor_labels: np.ndarray
     auto: bool
     gap_ratio: float
+    no_clear_structure: bool = False
+    noise_floor: float = 0.0
 
     def levels(self, max_segments: int = 20) -> list[tuple[int, float, float]]:
         """Other ways to cut the same tree: ``(n_clusters, threshold, gap_ratio)``.
@@ -98,7 +123,7 @@ class Segmentation:
         token assignment a cluster that wins no token disappears, so ``n_segments`` can
         come out smaller than ``n_clusters``.
         """
-        return merge_levels(self.merge_distances, max_segments)
+        return merge_levels(self.merge_distances, max_segments, floor=self.noise_floor)
 
 
 def anchor_tokens(grid: tuple[int, int], anchors=None) -> np.ndarray:
@@ -147,35 +172,6 @@ def anchor_tokens(grid: tuple[int, int], anchors=None) -> np.ndarray:
     return (rows[:, None] * w + cols[None, :]).reshape(-1).astype(np.int64)
 
 
-def symmetric_kl(p: np.ndarray, q: np.ndarray | None = None) -> np.ndarray:
-    """Pairwise symmetric KL, ``0.5 * (KL(p||q) + KL(q||p))``, between rows.
-
-    Parameters
-    ----------
-    p : numpy.ndarray
-        ``(K, N)`` distributions (rows sum to 1).
-    q : numpy.ndarray, optional
-        ``(M, N)`` distributions; defaults to ``p``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(K, M)`` float64, non-negative, in nats.
-    """
-    p = np.asarray(p, dtype=np.float32)
-    same = q is None
-    q = p if same else np.asarray(q, dtype=np.float32)
-    log_p = np.log(np.maximum(p, LOG_FLOOR))
-    log_q = log_p if same else np.log(np.maximum(q, LOG_FLOOR))
-    # sum (p - q)(log p - log q) = p.log p + q.log q - p.log q - q.log p
-    p_log_p = np.sum(p * log_p, axis=1, dtype=np.float64)
-    q_log_q = p_log_p if same else np.sum(q * log_q, axis=1, dtype=np.float64)
-    p_log_q = (p @ log_q.T).astype(np.float64)
-    # against itself q.log p is the transpose of p.log q: one product instead of two
-    q_log_p = p_log_q.T if same else (log_p @ q.T).astype(np.float64)
-    return np.maximum(0.5 * (p_log_p[:, None] + q_log_q[None, :] - p_log_q - q_log_p), 0.0)
-
-
 def pool_factor(grid: tuple[int, int], max_keys: int) -> int:
     """Smallest integer factor ``f`` with ``ceil(h/f) * ceil(w/f) <= max_keys``."""
     h, w = grid
@@ -219,49 +215,6 @@ def _aggregate(maps: Sequence, grids: Sequence) -> tuple[np.ndarray, tuple[int, 
     return aggregate_attention(list(maps), checked_grids, out_grid=finest), finest
 
 
-def _log_distances(merge_distances) -> np.ndarray:
-    # floored at the smallest positive distance so that ties at zero stay finite
-    distances = np.asarray(merge_distances, dtype=np.float64)
-    positive = distances[distances > 0]
-    return np.log(np.maximum(distances, positive.min() if positive.size else 1.0))
-
-
-def merge_levels(merge_distances, max_segments: int = 20) -> list[tuple[int, float, float]]:
-    """Every cut of a merge sequence into 2..``max_segments`` clusters.
-
-    Returns ``(n_clusters, threshold, gap_ratio)`` per cut, by increasing
-    ``n_clusters``; thresholds are geometric middles of the gaps, as "auto" uses.
-    """
-    logs = _log_distances(merge_distances)
-    levels = []
-    for n_clusters in range(2, min(max_segments, logs.size) + 1):
-        m = logs.size - n_clusters  # the gap between merges m and m + 1
-        threshold = float(np.exp(0.5 * (logs[m] + logs[m + 1])))
-        levels.append((n_clusters, threshold, float(np.exp(logs[m + 1] - logs[m]))))
-    return levels
-
-
-def widest_log_gap(merge_distances: np.ndarray) -> tuple[int, float, float]:
-    """Position of the widest gap between successive merge distances on a log scale.
-
-    Returns ``(n_clusters, threshold, gap_ratio)``: cutting inside the gap after merge
-    ``m`` leaves ``n_anchors - m - 1`` clusters; the threshold is the geometric middle
-    of the gap. Distances are floored at the smallest positive one so that exact ties
-    at zero do not make an infinite gap.
-    """
-    distances = np.asarray(merge_distances, dtype=np.float64)
-    if distances.size == 0:
-        return 1, 0.0, 1.0
-    if distances.size == 1:  # two anchors: nothing to compare the one merge with
-        return 1, float(distances[0]) * 2 + 1.0, 1.0
-    logs = _log_distances(distances)
-    gaps = np.diff(logs)
-    m = int(np.argmax(gaps))
-    threshold = float(np.exp(0.5 * (logs[m] + logs[m + 1])))
-    n_clusters = distances.size - m
-    return n_clusters, threshold, float(np.exp(gaps[m]))
-
-
 def segment(
     a_self,
     grid,
@@ -297,7 +250,10 @@ def segment(
         threshold is neither "auto" nor a positive number.
     """
     if isinstance(a_self, list | tuple):
+        precision = max(input_precision(m) for m in a_self)
         a_self, grid = _aggregate(a_self, grid)
+    else:
+        precision = input_precision(a_self)
     attention = check_attention(a_self, grid, name="a_self")
     h, w = check_grid(grid, attention.shape[0])
     auto = _check_threshold(threshold)
@@ -306,27 +262,34 @@ def segment(
     # keys pooled to at most 32 x 32: the clustering cost stops growing with N, and
     # pooling commutes with the product, so proposals are exactly the pooled ones
     pooled = pool_keys(attention, (h, w), pool_factor((h, w), MAX_CLUSTER_KEYS))
-    # two-step attention: the anchor's attention averaged over the tokens it attends to
-    proposals = attention[anchor_index] @ pooled
-    proposals /= proposals.sum(axis=1, keepdims=True)
+    pooled64 = pooled.astype(np.float64)
+    rows64 = attention[anchor_index].astype(np.float64)
+    # two-step attention: the anchor's attention averaged over the tokens it attends to;
+    # float64 so that the distances of near-identical proposals are not rounding noise
+    proposals = _normalised(rows64 @ pooled64)
+    floor = merge_noise_floor(rows64, pooled64, precision)
     distances = symmetric_kl(proposals)
     np.fill_diagonal(distances, 0.0)
     tree = linkage(squareform(distances, checks=False), method="average")
     merge_distances = tree[:, 2].copy()
 
     if auto:
-        _, threshold, gap_ratio = widest_log_gap(merge_distances)
+        _, threshold, gap_ratio = widest_log_gap(merge_distances, floor=floor)
+        unclear = not is_clear_gap(gap_ratio)
+        if unclear:  # nothing stands out: one segment, above every merge
+            threshold = 2.0 * max(float(merge_distances.max(initial=0.0)), floor, 1e-300)
     else:
         threshold = float(threshold)
-        above = merge_distances[merge_distances > threshold]
-        below = merge_distances[merge_distances <= threshold]
+        above = np.maximum(merge_distances[merge_distances > threshold], floor)
+        below = np.maximum(merge_distances[merge_distances <= threshold], floor)
         gap_ratio = (
             float(above.min() / below.max())
             if above.size and below.size and below.max() > 0
             else 1.0
         )
+        unclear = not is_clear_gap(gap_ratio)
     anchor_labels = fcluster(tree, t=threshold, criterion="distance")
-    labels = _assign(pooled, proposals, anchor_labels).reshape(h, w)
+    labels = _assign(pooled, proposals.astype(np.float32), anchor_labels).reshape(h, w)
     return Segmentation(
         labels=labels,
         threshold=float(threshold),
@@ -336,6 +299,8 @@ def segment(
         anchor_labels=anchor_labels.astype(np.int32),
         auto=auto,
         gap_ratio=float(gap_ratio),
+        no_clear_structure=bool(unclear),
+        noise_floor=float(floor),
     )
 
 

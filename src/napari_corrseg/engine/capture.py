@@ -21,6 +21,9 @@ Early exit: once the last chosen layer is recorded, the recorder raises `EarlyEx
 `Engine.extract` uses) instead keeps each image's queries and keys, and
 `maps_from_store` computes the maps afterwards with the same arithmetic
 (`accumulate_attention`), so images of one pair need not share a pass.
+
+``partition="joint"`` gives the cross maps of the paper's eq. 2.3 instead (see
+`napari_corrseg.engine.partition`); self maps are the same either way.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import Cancelled
+from .partition import check_partition, joint_average
 
 __all__ = [
     "AttentionRecorder",
@@ -269,6 +273,7 @@ def accumulate_attention(
     targets: dict[int, list[int]],
     chunk_elements: int = CHUNK_ELEMENTS,
     scratch: Scratch = None,
+    partition: str = "separate",
 ) -> Scratch:
     """Add ``mean_heads softmax(Q_a K_b^T)`` to ``sums[(a, b)]`` for every a, b in targets.
 
@@ -276,8 +281,10 @@ def accumulate_attention(
     softmax is over its own keys only, so a map does not depend on which other images
     share the batch. Queries go in chunks of at most ``chunk_elements`` scores; the
     returned scratch buffers are reused by the next call (fresh 100 MB tensors cost more
-    than the exponentials on a CPU, through page faults).
+    than the exponentials on a CPU, through page faults). ``partition="joint"``: the
+    cross maps follow eq. 2.3 (module docstring); ``targets[a]`` must start with ``a``.
     """
+    joint = check_partition(partition) == "joint"
     for a, partners in targets.items():
         rows_all = query[a]
         heads, n_tokens, _ = rows_all.shape
@@ -299,7 +306,10 @@ def accumulate_attention(
             shape = (heads, rows.shape[1], len(partners), n_tokens)
             probs = probs_buffer[:size].view(shape)
             _softmax_into(scores.view(shape), probs)
-            averaged = probs.sum(dim=0).div_(heads)  # (rows, T, N)
+            if joint and len(partners) > 1:
+                averaged = joint_average(scores.view(shape), probs, partners, a)
+            else:
+                averaged = probs.sum(dim=0).div_(heads)  # (rows, T, N)
             for t, b in enumerate(partners):
                 total = sums.get((a, b))
                 if total is None:
@@ -360,13 +370,16 @@ def maps_from_store(
     n_images: int,
     pairs: Sequence[tuple[int, int]],
     chunk_elements: int = CHUNK_ELEMENTS,
+    partition: str = "separate",
 ) -> dict[int, dict[tuple[int, int], np.ndarray]]:
     """Self maps of every image and cross maps of ``pairs`` from stored queries and keys.
 
     Each layer's entries are released once its maps are summed, so memory falls as the
-    maps grow. Returns ``{grid side: {(i, j): (N, N) float32}}`` as
-    `AttentionRecorder.result` does.
+    maps grow (pass a shallow copy of ``store`` to keep them). Returns
+    ``{grid side: {(i, j): (N, N) float32}}`` as `AttentionRecorder.result` does.
+    ``partition``: see the module docstring.
     """
+    check_partition(partition)
     targets = {a: [a] for a in range(n_images)}
     for a, b in pairs:
         if a != b and b not in targets[a]:
@@ -382,7 +395,13 @@ def maps_from_store(
         key = [kept[i][1] for i in range(n_images)]
         del kept
         scratch = accumulate_attention(
-            sums.setdefault(layer.resolution, {}), query, key, targets, chunk_elements, scratch
+            sums.setdefault(layer.resolution, {}),
+            query,
+            key,
+            targets,
+            chunk_elements,
+            scratch,
+            partition=partition,
         )
         counts[layer.resolution] = counts.get(layer.resolution, 0) + 1
     return finish_sums(sums, counts)

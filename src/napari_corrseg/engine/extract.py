@@ -34,6 +34,7 @@ from .capture import (
 )
 from .encoders import encode_pixels
 from .models import Components
+from .partition import check_partition
 from .planner import PassPlan, plan_passes
 
 __all__ = ["Engine"]
@@ -211,6 +212,7 @@ class Engine:
         memory_budget: int | None = None,
         progress: Progress | None = None,
         cancel: Cancel | None = None,
+        partition: str = "separate",
     ) -> AttentionMaps:
         """Self and cross self-attention of a set of images, each through the UNet once.
 
@@ -244,6 +246,9 @@ class Engine:
             ``progress(stage, fraction)`` with stages "load", "encode", "forward".
         cancel : callable, optional
             Polled between images and layers; returning True raises `Cancelled`.
+        partition : {"separate", "joint"}
+            Normalisation of the cross maps: each over the other image's keys alone, or
+            the paper's eq. 2.3 (`napari_corrseg.engine.partition`).
 
         Returns
         -------
@@ -259,12 +264,14 @@ class Engine:
                 raise Cancelled(f"extraction was cancelled during {stage}")
 
         report("load", 0.0)
+        check_partition(partition)
         chosen = select_layers(self.unet, self.image_size, layers)
         images = _as_image_list(images)
         n_images = len(images)
         pair_list = _check_pairs(pairs, n_images, reference)
         self._check_timestep(timestep)
         report("load", 1.0)
+        encoded_before = self.encoder_calls
         latents, geometries = self.encode(images, progress=progress, cancel=cancel)
         # planned after encoding: bad images are reported first, and encoded latents
         # stay in the latent cache if the plan refuses the budget
@@ -278,6 +285,8 @@ class Engine:
             device=self.device,
             batch_size=batch_size if batch_size is not None else self.batch_size,
             memory_budget=memory_budget if memory_budget is not None else self.memory_budget,
+            max_partners=_max_partners(pair_list, n_images),
+            encoder=self.encoder if self.encoder_calls > encoded_before else None,
         )
         self.last_plan = plan
         report("forward", 0.0)
@@ -304,7 +313,7 @@ class Engine:
                 except EarlyExit:
                     pass
             del noisy
-        per_side = maps_from_store(store, chosen, n_images, pair_list)
+        per_side = maps_from_store(store, chosen, n_images, pair_list, partition=partition)
         report("forward", 1.0)
         grid, maps = _combine_resolutions(per_side)
         settings = {
@@ -316,8 +325,16 @@ class Engine:
             "image_size": self.image_size,
             "prompt": "",
         }
+        if partition != "separate":  # the default leaves settings (and cache keys) as they were
+            settings["partition"] = partition
         geometries = [ImageGeometry(g.image_shape, grid) for g in geometries]
         return AttentionMaps(grid, geometries, maps, settings)
+
+
+def _max_partners(pairs: Sequence[tuple[int, int]], n_images: int) -> int:
+    """The most cross partners any image's queries have (sizes the map scratch)."""
+    counts = np.bincount([i for i, j in pairs if i != j], minlength=n_images)
+    return int(counts.max()) if counts.size else 0
 
 
 def _is_channels_last(module) -> bool:

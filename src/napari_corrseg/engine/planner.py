@@ -6,6 +6,19 @@ normalisation), so each pass keeps its images' queries and keys
 (`napari_corrseg.engine.capture.QueryKeyRecorder`) and the maps of the pairs a task
 needs are computed afterwards. n images cost ceil(n / b) passes and n encodes, whatever
 pairs are asked for; b comes from a memory estimate and a budget.
+
+The estimate (bytes beyond the weights) has the parts that were measured on the
+full-size SD2.1-base UNet at 512 px, float32 on a CPU, batch 1, 2 and 4
+(``benchmarks/bench_planner_memory.py``, results in ``benchmarks/results/planner.md``):
+
+* activations of the early-exited pass, ``ACTIVATION_FACTOR`` x latent tokens x the first
+  block's channels per image (~120 MiB per 512 px image);
+* the scratch of the map computation: two buffers of heads x N x (1 + partners) x N
+  float32 scores, capped by ``CHUNK_ELEMENTS``, where *partners* is the largest number of
+  images one image's queries are paired with (``n - 1`` for ``pairs="all"``);
+* the queries and keys kept for every image, and the returned maps;
+* separately, the encoder: one image at a time, ``ENCODER_FACTOR`` x its widest
+  full-resolution activation (the VAE at 512 px: ~640 MiB, more than a pair's UNet work).
 """
 
 from __future__ import annotations
@@ -19,13 +32,26 @@ import torch
 
 from .capture import CHUNK_ELEMENTS, LayerInfo
 
-__all__ = ["PassPlan", "available_memory_bytes", "estimate_image_bytes", "plan_passes"]
+__all__ = [
+    "PassPlan",
+    "available_memory_bytes",
+    "estimate_encoder_bytes",
+    "estimate_image_bytes",
+    "plan_passes",
+    "scratch_bytes",
+]
 
 #: Activation bytes of one image in one (early-exited, no-grad) UNet pass, per latent
 #: token and top-level channel, in units of the dtype: skip connections, the widest
-#: transformer feed-forward (GEGLU, 8x channels) and working copies. Calibrated against
-#: the peak RSS of SD2.1-base at 512 px (benchmarks/bench_throughput.py).
+#: transformer feed-forward (GEGLU, 8x channels) and working copies. Checked against the
+#: peak RSS of SD2.1-base at 512 px (benchmarks/bench_planner_memory.py): the pass phase
+#: grows by 120-130 MiB per image, this factor gives 120 MiB.
 ACTIVATION_FACTOR = 24
+#: Peak of encoding one image, in units of the encoder's widest full-resolution
+#: activation (first block channels x image side^2): a ResNet block holds its input, the
+#: hidden state and the output being formed, plus layout copies of channels-last
+#: convolutions. Measured 5.1 for SD2.1's VAE at 512 px, float32, channels-last.
+ENCODER_FACTOR = 5
 #: Share of the available memory the default budget takes.
 DEFAULT_BUDGET_SHARE = 0.5
 
@@ -41,6 +67,7 @@ class PassPlan:
     pass_fixed_bytes: int  # recording scratch, independent of the batch
     store_bytes: int  # queries and keys kept for every image
     maps_bytes: int  # the returned maps
+    encode_bytes: int = 0  # one image through the encoder (0: every latent was cached)
 
     @property
     def n_passes(self) -> int:
@@ -49,13 +76,20 @@ class PassPlan:
 
     @property
     def peak_bytes(self) -> int:
-        """Estimated peak beyond the weights: one pass plus everything kept."""
+        """Estimated peak of the UNet passes and the maps beyond the weights: one pass
+        plus everything kept (what the budget bounds)."""
         return (
             self.image_bytes * self.batch_size
             + self.pass_fixed_bytes
             + self.store_bytes
             + self.maps_bytes
         )
+
+    @property
+    def extraction_peak_bytes(self) -> int:
+        """Estimated peak of the whole extraction beyond the weights: encoding (one image
+        at a time, before the passes) or the passes, whichever is larger."""
+        return max(self.encode_bytes, self.peak_bytes)
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -84,6 +118,29 @@ def estimate_image_bytes(unet, image_size: int, dtype: torch.dtype) -> int:
     return latent_tokens * channels * element * ACTIVATION_FACTOR
 
 
+def estimate_encoder_bytes(encoder, image_size: int, dtype: torch.dtype) -> int:
+    """Peak bytes of encoding one image (see `ENCODER_FACTOR`); 0 if unknown."""
+    config = getattr(encoder, "config", None)
+    channels = getattr(config, "block_out_channels", None) or getattr(
+        config, "encoder_block_out_channels", None
+    )
+    if not channels:
+        return 0
+    element = torch.empty((), dtype=dtype).element_size()
+    return int(image_size) ** 2 * int(channels[0]) * element * ENCODER_FACTOR
+
+
+def scratch_bytes(unet, layers: Sequence[LayerInfo], max_partners: int) -> int:
+    """The two score buffers of the map computation (`capture.accumulate_attention`).
+
+    One image's queries are scored against its own keys and its ``max_partners``
+    partners' keys at once, in chunks of at most ``CHUNK_ELEMENTS`` scores.
+    """
+    largest = max(layer.resolution for layer in layers) ** 2
+    widest = max(unet.get_submodule(layer.name).heads for layer in layers)
+    return 2 * 4 * min(CHUNK_ELEMENTS, widest * largest * largest * (1 + max(0, max_partners)))
+
+
 def _store_bytes_per_image(unet, layers: Sequence[LayerInfo]) -> int:
     """float32 queries and keys of one image at every chosen layer."""
     total = 0
@@ -104,6 +161,8 @@ def plan_passes(
     device: torch.device,
     batch_size: int | None = None,
     memory_budget: int | None = None,
+    max_partners: int | None = None,
+    encoder=None,
 ) -> PassPlan:
     """Split ``n_images`` into UNet passes that fit a memory budget.
 
@@ -125,6 +184,12 @@ def plan_passes(
         Images per pass; overrides the memory-based choice.
     memory_budget : int, optional
         Bytes the extraction may use beyond the weights; default half the free memory.
+    max_partners : int, optional
+        The most cross partners one image has; default ``min(n_pairs, n_images - 1)``,
+        exact for ``pairs="all"`` and ``"reference"``.
+    encoder : module, optional
+        The encoder, when images were encoded for this extraction (sets
+        ``encode_bytes``; the budget bounds the passes only).
 
     Returns
     -------
@@ -145,9 +210,9 @@ def plan_passes(
     )
     image = estimate_image_bytes(unet, image_size, dtype)
     sides = sorted({layer.resolution for layer in layers})
-    largest = max(layer.resolution for layer in layers) ** 2
-    widest = max(unet.get_submodule(layer.name).heads for layer in layers)
-    fixed = 2 * 4 * min(CHUNK_ELEMENTS, widest * largest * largest * max(1, n_pairs + 1))
+    if max_partners is None:
+        max_partners = min(n_pairs, n_images - 1)
+    fixed = scratch_bytes(unet, layers, max_partners)
     store = _store_bytes_per_image(unet, layers) * n_images
     maps = (n_images + n_pairs) * sum(side**4 for side in sides) * 4
     if batch_size is not None:
@@ -167,4 +232,5 @@ def plan_passes(
     n_passes = math.ceil(n_images / size)
     per_pass = math.ceil(n_images / n_passes)
     batches = [list(range(s, min(s + per_pass, n_images))) for s in range(0, n_images, per_pass)]
-    return PassPlan(batches, per_pass, budget, image, fixed, store, maps)
+    encode = estimate_encoder_bytes(encoder, image_size, dtype) if encoder is not None else 0
+    return PassPlan(batches, per_pass, budget, image, fixed, store, maps, encode)

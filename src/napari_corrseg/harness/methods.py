@@ -102,7 +102,7 @@ class AttentionMethod:
         moved = transfer_keypoints(maps, 0, 1, points)
         if not self.mutual:
             return Prediction(moved.target_points, moved.confidence)
-        found = match_images(maps, 0, 1, mutual=True)
+        found = match_images(maps, 0, 1, mutual=True, min_confidence=0)
         if len(found) == 0:  # no cycle closes: fall back, with no confidence
             return Prediction(moved.target_points, np.zeros(len(points)))
         return _follow_nearest_match(

@@ -243,6 +243,13 @@ def add_evaluate_arguments(parser) -> None:
     parser.add_argument(
         "--dift-ensemble", type=int, default=8, help="dift: noise draws averaged (default: 8)"
     )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="compare the paper's open choices instead of one method: one middle layer vs "
+        "the decoder-layer average vs coarse+average, each with and without eq. 2.3's "
+        "partition normalisation, one UNet pass per pair; writes sweep.csv and sweep.md",
+    )
 
 
 def run_evaluate_command(args, context) -> int:
@@ -251,6 +258,8 @@ def run_evaluate_command(args, context) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise CorrsegError(f"--limit must be a positive number of pairs, got {args.limit}")
+    if args.sweep:
+        return _run_sweep(args, context)
     if args.dataset == "coseg":
         from .coseg import evaluate_cosegmentation, read_coseg_folder
 
@@ -303,6 +312,38 @@ def run_evaluate_command(args, context) -> int:
         bar.close()
     print(markdown_table(report), end="")
     context.say(f"{report.seconds_per_pair:.2f} s per pair; tables and curve in {args.out}")
+    return 0
+
+
+def _run_sweep(args, context) -> int:
+    """``evaluate --sweep``: the recipe comparison table (`napari_corrseg.harness.sweep`)."""
+    from ..cli.common import _load_engine
+    from .sweep import sweep, sweep_markdown
+
+    if args.dataset == "coseg":
+        raise CorrsegError("--sweep compares keypoint transfer; use a keypoint dataset, not coseg")
+    read_dataset(args.dataset, args.root, limit=args.limit, split=args.split)
+    engine = _load_engine(args, context)
+    # one PCK threshold for the comparison: 0.1 (the usual one) when it was asked for
+    alpha = next((a for a in args.alpha if np.isclose(a, 0.1)), float(args.alpha[0]))
+    bar = context.progress()
+    try:
+        rows = sweep(
+            args.dataset,
+            args.root,
+            args.out,
+            engine=engine,
+            limit=args.limit,
+            split=args.split,
+            alpha=alpha,
+            timestep=args.timestep,
+            seed=args.seed,
+            progress=lambda done, total: bar(f"pairs {done}/{total}", done / total),
+        )
+    finally:
+        bar.close()
+    print(sweep_markdown(rows, alpha), end="")
+    context.say(f"tables in {args.out} (sweep.csv, sweep.md)")
     return 0
 
 

@@ -42,6 +42,7 @@ from ..core.maps import token_coordinates
 __all__ = [
     "SyntheticPair",
     "Warp",
+    "affine",
     "flip",
     "identity",
     "make_pair",
@@ -113,6 +114,30 @@ def scaling(factor: float, centre: tuple[float, float] | None = None) -> Warp:
         return c + factor * (p - c)
 
     return Warp(f"scaling({factor:g})", apply)
+
+
+def affine(
+    matrix, shift: tuple[float, float] = (0.0, 0.0), centre: tuple[float, float] | None = None
+) -> Warp:
+    """A general affine warp: ``c + M (p - c) + shift`` about ``centre`` (default the grid
+    centre), e.g. a rotation by ``a``: ``M = [[cos a, -sin a], [sin a, cos a]]``.
+
+    ``matrix`` is the ``2 x 2`` matrix ``M`` acting on ``(row, col)``; ``shift`` is in
+    grid cells.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (2, 2) or not np.isfinite(m).all():
+        raise ValueError(f"matrix must be a finite 2 x 2 array, got {matrix!r}")
+    offset = np.asarray(shift, dtype=np.float64)
+
+    def apply(p: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+        c = np.asarray(
+            centre if centre is not None else ((grid[0] - 1) / 2, (grid[1] - 1) / 2),
+            dtype=np.float64,
+        )
+        return c + (p - c) @ m.T + offset
+
+    return Warp("affine", apply)
 
 
 def smooth_warp(amplitude: float = 1.5, wavelength: float | None = None, seed: int = 0) -> Warp:

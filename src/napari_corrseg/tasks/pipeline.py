@@ -114,7 +114,7 @@ def match_images(
     target: int = 1,
     *,
     max_matches: int | None = None,
-    min_confidence: float = 0.0,
+    min_confidence: float | str = "auto",
     mutual: bool = False,
 ) -> PairResult:
     """Match a source image to a target image and compute the reliability maps.
@@ -127,8 +127,10 @@ def match_images(
         Image indices.
     max_matches : int, optional
         Keep at most this many matches, most confident first.
-    min_confidence : float
-        Drop matches below this confidence.
+    min_confidence : float or "auto"
+        Drop matches below this confidence; "auto" (default) keeps the matches the
+        pair's own cycle consistency supports (`core.correspondence.reliability_cut`);
+        0 keeps every token that has a peak.
     mutual : bool
         Keep only mutual nearest neighbours (zero cycle error).
 
@@ -187,6 +189,7 @@ def match_images(
         entropy=np.asarray(found.entropy, dtype=np.float64).reshape(-1),
         ims=float(inverse.ims),
         metrics=metrics,
+        min_confidence=float(found.min_confidence),
     )
 
 
@@ -262,6 +265,7 @@ def segment_image(
         threshold=float(result.threshold),
         n_segments=int(result.n_segments),
         geometry=geometry,
+        no_clear_structure=bool(getattr(result, "no_clear_structure", False)),
     )
 
 
@@ -331,7 +335,19 @@ def cosegment_images(
         unmatched=_jsonable(result.unmatched),
         threshold=float(result.threshold),
         geometries=geometries,
+        no_clear_structure=_no_clear_structure(result),
     )
+
+
+def _no_clear_structure(result: Any) -> bool:
+    """The co-segmentation's own flag, else judged from its gap ratio (NaN: given cut)."""
+    from ..core.segmentation import is_clear_gap
+
+    flag = getattr(result, "no_clear_structure", None)
+    if flag is not None:
+        return bool(np.any(flag))
+    gap_ratio = float(getattr(result, "gap_ratio", float("nan")))
+    return bool(np.isfinite(gap_ratio) and not is_clear_gap(gap_ratio))
 
 
 def propagate_label_image(

@@ -81,6 +81,8 @@ class PairResult:
     metrics : dict of str to MetricMap
         ``cycle_error`` on the source grid; ``entropy``, ``density``, ``nims`` on the
         target grid.
+    min_confidence : float
+        The confidence floor applied (with ``"auto"``: the cut chosen for this pair).
     """
 
     source: int
@@ -96,6 +98,7 @@ class PairResult:
     entropy: np.ndarray
     ims: float
     metrics: dict[str, MetricMap] = field(default_factory=dict)
+    min_confidence: float = 0.0
 
     def __len__(self) -> int:
         return len(self.confidence)
@@ -146,6 +149,8 @@ class SegmentationResult:
         Number of segments.
     geometry : ImageGeometry
         Geometry of the image.
+    no_clear_structure : bool
+        The attention shows no clear structure (see `napari_corrseg.core.segmentation`).
     """
 
     image: int
@@ -154,6 +159,7 @@ class SegmentationResult:
     threshold: float
     n_segments: int
     geometry: ImageGeometry
+    no_clear_structure: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,9 @@ class CosegmentationResult:
         Merge threshold used.
     geometries : list of ImageGeometry
         One per image.
+    no_clear_structure : bool
+        The automatic cut found no clear structure (the merge distance less than
+        doubles across it).
     """
 
     labels_grid: list[np.ndarray]
@@ -183,6 +192,7 @@ class CosegmentationResult:
     unmatched: Any
     threshold: float
     geometries: list[ImageGeometry]
+    no_clear_structure: bool = False
 
 
 @dataclass(frozen=True)
