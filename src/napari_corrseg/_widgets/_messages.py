@@ -1,0 +1,45 @@
+"""What the widgets say: stage names, layer names in library messages, tiny-model warning."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from napari.utils.notifications import show_warning
+
+#: Human names of the stages the engine and pipeline report.
+STAGE_NAMES = {
+    "load": "preparing",
+    "load model": "loading model",
+    "encode": "encoding images",
+    "forward": "UNet forward pass",
+    "metrics": "computing metrics",
+    "match": "matching",
+    "segment": "segmenting",
+    "cache": "reading cache",
+    "layers": "building layers",
+    "transfer": "transferring",
+    "propagate": "propagating",
+}
+PREFIX = "napari-corrseg"
+
+
+def name_images(message: str, names: Sequence[str]) -> str:
+    """Replace ``image 3`` in a library message by the layer's name (``image 'tgt'``)."""
+
+    def named(match: re.Match) -> str:
+        index = int(match.group(2))
+        if 0 <= index < len(names):
+            return f"{match.group(1)}{names[index]!r}"
+        return match.group(0)
+
+    return re.sub(r"\b(images? )(\d+)\b", named, message)
+
+
+def warn_if_tiny(maps, results: str) -> None:
+    """Warn that ``results`` are not semantic when ``maps`` came from the tiny model."""
+    if maps.settings.get("tiny_model"):
+        show_warning(
+            f"{PREFIX}: the tiny random model was used; {results} are not semantic. "
+            "Choose sd2-base or point the model field at SD2 weights."
+        )
