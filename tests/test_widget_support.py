@@ -87,7 +87,7 @@ def choose_model(widget, model: str = "synthetic", device: str = "cpu") -> None:
 def run_and_wait(qtbot, widget, timeout: int = 120_000, start=None):
     """Start a run the way the Run button does (or ``start()``), wait until it is shown.
 
-    Returns the outcome (``"done"``, ``"empty"``, ``"cancelled"``, ``"input deleted"``,
+    Returns the outcome (``"done"``, ``"warned"``, ``"cancelled"``, ``"input deleted"``,
     ``"failed"``).
     """
     start = start or (lambda: widget.run(start_thread=False))

@@ -10,7 +10,7 @@ import pytest
 from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QTimer
 
-from napari_corrseg._widgets import CosegmentationWidget
+from napari_corrseg._widgets import CosegmentationWidget, _messages
 from test_widget_correspondence import assert_users_untouched, make_widget, user_snapshot
 from test_widget_support import (  # noqa: F401 - the autouse fixture must be imported
     _isolated_caches,
@@ -44,6 +44,7 @@ def test_tiny_model_end_to_end(make_napari_viewer, qtbot, monkeypatch, tiny_engi
     widget = make_widget(viewer, monkeypatch)
     choose_model(widget, "tiny")
     monkeypatch.setattr(notification_manager, "records", [])
+    monkeypatch.setattr(_messages, "_WARNED_TINY", set())  # warned once a session
     stages: list[str] = []
     widget.runner.events.progress.connect(lambda stage, _: stages.append(stage))
     run_and_wait(qtbot, widget)

@@ -9,6 +9,7 @@ has no property for (completion of the model field).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from magicgui.widgets import (
@@ -101,8 +102,11 @@ def _complete(line_edit: LineEdit, words: tuple[str, ...]) -> None:
     line_edit.native.setCompleter(completer)
 
 
-class ModelSettings(Container):
-    """Model, device, timestep, layers and seed, with tooltips that say what each does."""
+class ModelSettings:
+    """Model, device, timestep, layers and seed fields, with tooltips that say what each does.
+
+    ``widgets`` lists them for a dock to put in its form (one column of labels for all).
+    """
 
     def __init__(self) -> None:
         self.model = LineEdit(
@@ -139,11 +143,7 @@ class ModelSettings(Container):
             max=2**31 - 1,
             tooltip="Seed of the added noise; the same seed gives the same maps.",
         )
-        super().__init__(
-            widgets=[self.model, self.device, self.timestep, self.layers, self.seed],
-            labels=True,
-        )
-        self.margins = (0, 0, 0, 0)
+        self.widgets = [self.model, self.device, self.timestep, self.layers, self.seed]
 
     def values(self) -> dict[str, Any]:
         """The settings as keyword arguments (``model``, ``device``, ``layers``, ...)."""
@@ -208,7 +208,8 @@ class AutoValue(Container):
                 base=10,
                 value=start,
                 tooltip=tooltip,
-                max_pos=400,  # 1/400 of the log range per step (magicgui's default: 1/100)
+                max_pos=100 * round(math.log10(maximum / minimum)),  # 100 steps a decade
+                backend_kwargs={"readout": False},  # the readout label shows the value
             )
         else:
             self.slider = FloatSlider(
@@ -236,7 +237,7 @@ class AutoValue(Container):
 
     @staticmethod
     def _format(value: float) -> str:
-        return f"{value:.3g}" if value < 0.01 or value >= 100 else f"{value:.2f}"
+        return f"{value:.3g}" if 0 < value < 0.01 or value >= 100 else f"{value:.2f}"
 
     @property
     def value(self) -> float | str:

@@ -36,9 +36,14 @@ def name_images(message: str, names: Sequence[str]) -> str:
     return re.sub(r"\b(images? )(\d+)\b", named, message)
 
 
+_WARNED_TINY: set[str] = set()
+
+
 def warn_if_tiny(maps, results: str) -> None:
-    """Warn that ``results`` are not semantic when ``maps`` came from the tiny model."""
-    if maps.settings.get("tiny_model"):
+    """Warn once a session per kind of result that ``results`` are not semantic when
+    ``maps`` came from the tiny model (a toast every run would nag, and costs frames)."""
+    if maps.settings.get("tiny_model") and results not in _WARNED_TINY:
+        _WARNED_TINY.add(results)
         show_warning(
             f"{PREFIX}: the tiny random model was used; {results} are not semantic. "
             "Choose sd2-base or point the model field at SD2 weights."

@@ -11,7 +11,8 @@ line) and the machinery behind it:
   computes replace each other, and a result made stale by a newer run or request is
   dropped. A refresh asked for during a run waits for the run to end.
 - every run ends in exactly one *outcome*, shown in the status line and, unless it is a
-  plain success, as a napari notification: ``done``, ``empty`` (warnings), ``cancelled``,
+  plain success, as a napari notification: ``done``, ``warned`` (an empty or doubtful
+  result: warnings), ``cancelled``,
   ``input deleted`` (an input layer was removed mid-run: the run is stopped at once),
   ``failed``. Messages name layers by their names (`name_images`).
 - `RunEvents.idle` fires when the controls become idle, with the outcome.
@@ -20,6 +21,7 @@ line) and the machinery behind it:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,6 +43,7 @@ from ._plans import Applier, ApplyReport, Plan
 ProgressCallback = Callable[[str, float], None]
 CancelCallback = Callable[[], bool]
 Job = Callable[[ProgressCallback, CancelCallback], Plan]
+PROGRESS_S = 0.1  # least time between two progress updates of one stage
 
 
 class RunEvents(QObject):
@@ -48,7 +51,7 @@ class RunEvents(QObject):
 
     #: ``(stage, fraction)`` as reported by the job, on the GUI thread.
     progress = Signal(str, float)
-    #: The controls became idle; the argument is the outcome (``"done"``, ``"empty"``,
+    #: The controls became idle; the argument is the outcome (``"done"``, ``"warned"``,
     #: ``"cancelled"``, ``"input deleted"``, ``"failed"``, ``"refreshed"``, ``"closed"``).
     idle = Signal(str)
 
@@ -179,7 +182,14 @@ class RunControls(Container):
         self.last_error = self.last_report = self.last_outcome = None
         cancel_event = self._cancel_event
 
+        last = {"stage": None, "time": 0.0}
+
         def report(stage: str, fraction: float) -> None:
+            # every repaint of the dock costs the GUI thread a frame: at most 10 a second
+            now = time.perf_counter()
+            if stage == last["stage"] and fraction < 1.0 and now - last["time"] < PROGRESS_S:
+                return
+            last["stage"], last["time"] = stage, now
             self.events.progress.emit(str(stage), float(fraction))
 
         def run() -> Plan:
@@ -260,7 +270,7 @@ class RunControls(Container):
             outcome = "input deleted"
             self._say(name_images(report.aborted, self.image_names), "warning")
         else:
-            outcome = "empty" if plan.warnings else "done"
+            outcome = "warned" if plan.warnings else "done"
             self.status.value = plan.summary
             for warning in plan.warnings:
                 show_warning(f"{PREFIX}: {warning}")
@@ -268,7 +278,7 @@ class RunControls(Container):
             if kept:
                 show_info(f"{PREFIX}: {kept}")
         self.last_outcome = outcome
-        self._set_busy(False, success=outcome in ("done", "empty"))
+        self._set_busy(False, success=outcome in ("done", "warned"))
         self.events.idle.emit(outcome)
         if self._pending_refresh is not None and self._refresh_worker is None:
             self._start_refresh()
@@ -287,6 +297,8 @@ class RunControls(Container):
         reads the widget's state then, not when asked) and returns ``job() -> Plan`` for
         the worker, or None when there is nothing to show.
         """
+        if self.closed:
+            return
         self.generation += 1
         self._pending_refresh = (make_job, list(inputs))
         if self._refresh_worker is None and self._applying is None and not self.busy:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, Container, Label, PushButton, SpinBox
 from napari.layers import Image, Points
 from superqt.utils import qdebounced
 
@@ -72,7 +72,6 @@ class CorrespondenceWidget(DockWidget):
         if len(images) >= 2:  # a sensible first guess: the two bottom-most images
             self.source.value, self.target.value = images[0], images[1]
         self.settings = ModelSettings()
-        self.settings.label = ""
         self.n_matches = SpinBox(
             name="matches",
             value=100,
@@ -125,14 +124,10 @@ class CorrespondenceWidget(DockWidget):
             tooltip="Carry the chosen keypoints to the target as a "
             "new Points layer with a confidence per point; your layer is not changed.",
         )
-        self.runner.label = ""
+        form = [self.source, self.target, *self.settings.widgets, self.n_matches, self.confidence]
         self.extend(
             [
-                self.source,
-                self.target,
-                self.settings,
-                self.n_matches,
-                self.confidence,
+                Container(widgets=form, labels=True),
                 self.show_lines,
                 self.show_metrics,
                 self.runner,
@@ -140,7 +135,7 @@ class CorrespondenceWidget(DockWidget):
                 self.query_enabled,
                 self.query_reverse,
                 Label(value="<b>Keypoint transfer</b>"),
-                self.keypoints,
+                Container(widgets=[self.keypoints], labels=True),
                 self.transfer_button,
             ]
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import Label, PushButton, Table
+from magicgui.widgets import Container, Label, PushButton, Table
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QAbstractItemView
 from superqt.utils import qdebounced
@@ -91,19 +91,18 @@ class CosegmentationWidget(DockWidget):
         )
         self.images.native.setMaximumHeight(110)  # raw Qt: magicgui has no height limit
         self.settings = ModelSettings()
-        self.settings.label = ""
         self.threshold = AutoValue(
             name="threshold",
             value="auto",
-            minimum=0.01,
+            minimum=0.001,
             maximum=100.0,
             log=True,
-            tooltip="Symmetric-KL merge threshold (log scale): higher merges more (fewer, "
+            tooltip="Symmetric-KL merge threshold (log scale, 0.001-100): higher merges more "
+            "(fewer, "
             "larger segments). Changing it reuses the computed maps.",
             auto_tooltip="Choose the threshold from the data (the widest gap of merge "
             "distances); the value used is shown on the slider.",
         )
-        self.runner.label = ""
         self.table = Table(
             value=_table_value([]),
             tooltip="Shared segments: the images each appears in and its cross-image "
@@ -111,7 +110,6 @@ class CosegmentationWidget(DockWidget):
         )
         self.table.native.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.native.verticalHeader().setVisible(False)
-        self.table.label = ""
         self.painted = layer_picker(
             viewer,
             Labels,
@@ -134,14 +132,13 @@ class CosegmentationWidget(DockWidget):
         )
         self.extend(
             [
-                self.images,
-                self.settings,
-                self.threshold,
+                Container(
+                    widgets=[self.images, *self.settings.widgets, self.threshold], labels=True
+                ),
                 self.runner,
                 self.table,
                 Label(value="<b>Label propagation</b>"),
-                self.painted,
-                self.painted_image,
+                Container(widgets=[self.painted, self.painted_image], labels=True),
                 self.propagate_button,
             ]
         )
@@ -208,6 +205,7 @@ class CosegmentationWidget(DockWidget):
         """Take ``result`` as the current one: table and the threshold's auto value."""
         self.result = result
         self.table.value = _table_value(table_rows(result.segments, names))
+        self.table.native.resizeColumnsToContents()
         self.threshold.show_auto(result.threshold)
 
     def _labels_plan(self, result, layers, is_stack, names, threshold, run_number) -> Plan:
@@ -244,6 +242,11 @@ class CosegmentationWidget(DockWidget):
             f"{len(result.segments)} segments ({shared} shared), threshold "
             f"{result.threshold:.3f}{' (auto)' if threshold == 'auto' else ''}"
         )
+        if len(names) > 1 and len(result.segments) > 1 and shared == 0:
+            plan.warnings.append(
+                f"no segment is shared between {', '.join(repr(n) for n in names)}: the ids "
+                "do not correspond across images; raise the threshold to merge more"
+            )
         if len(result.segments) <= 1:
             plan.warnings.append(
                 f"co-segmentation found {len(result.segments)} segment in "
