@@ -295,7 +295,7 @@ def test_closing_the_dock_disconnects_every_callback(viewer, qtbot, monkeypatch,
     assert widget._on_click in connected and len(connected) >= 8  # pickers, runs, query
     viewer.window.remove_dock_widget(widget.native)  # what the dock's close button does
     viewer.window.remove_dock_widget(segments.native)
-    assert widget.closed and segments.closed
+    qtbot.waitUntil(lambda: widget.closed and segments.closed)
     assert len(widget.connections) == len(segments.connections) == 0
     assert plugin_callbacks(viewer) == []
     viewer.add_image(np.zeros((4, 4)), name="later")  # nothing of the closed docks runs

@@ -4,6 +4,8 @@ Each function turns results of `napari_corrseg.tasks.pipeline` for one image int
 `LayerUpdate` with its arrays, features, colours and placement decided, so the GUI thread
 only hands them to napari. They take the image layer and its reference (`_tags.layer_ref`)
 and know nothing about which dock calls them: a collection calls them once per image.
+Every array is copied, so a layer never shares memory with a result or another layer (a
+brush stroke on one must not change the other).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def match_points(
     """The matches on one side of a pair, coloured per match (same colour on both sides)."""
     return LayerUpdate(
         kind="points",
-        data=np.asarray(points_px, dtype=np.float64).reshape(-1, 2),
+        data=np.array(points_px, dtype=np.float64).reshape(-1, 2),  # a copy: the layer's own
         keys={"role": f"matches:{side}", "image": image_ref},
         name="matches on {image}",
         image_layer=image_layer,
@@ -91,7 +93,7 @@ def grid_map(
     """A grid-sized map placed exactly over its image (scale/translate, no resampling)."""
     return LayerUpdate(
         kind="image",
-        data=np.asarray(values, dtype=np.float32),
+        data=np.array(values, dtype=np.float32),
         keys={"role": role, "image": image_ref},
         name=name,
         image_layer=image_layer,
@@ -118,7 +120,7 @@ def confidence_points(
     """Points coloured by their ``confidence`` feature on fixed [0, 1] limits."""
     return LayerUpdate(
         kind="points",
-        data=np.asarray(points_px, dtype=np.float64).reshape(-1, 2),
+        data=np.array(points_px, dtype=np.float64).reshape(-1, 2),
         keys={"role": role, "image": image_ref, "source": source_ref},
         name=name,
         image_layer=image_layer,
@@ -151,7 +153,7 @@ def labels_layer(
         keys["source"] = source_ref
     return LayerUpdate(
         kind="labels",
-        data=np.ascontiguousarray(labels, dtype=np.int32),
+        data=np.array(labels, dtype=np.int32, order="C"),  # a copy: painting edits it
         keys=keys,
         name=name,
         image_layer=image_layer,

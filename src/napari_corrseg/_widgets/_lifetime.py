@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QTimer
 
 
 class Connections:
@@ -75,20 +75,30 @@ class _CloseWatcher(QObject):
 
     def __init__(self, widget, fire: Callable[[], None]) -> None:
         super().__init__(widget)
+        self._widget = widget
         self._fire = fire
         self._docked = widget.parent() is not None
         widget.installEventFilter(self)
 
-    def eventFilter(self, watched, event) -> bool:
+    def eventFilter(self, watched, event) -> bool:  # Qt's name
         kind = event.type()
         if kind == QEvent.Type.ParentChange:
             if watched.parent() is not None:
                 self._docked = True
             elif self._docked:  # napari's remove_dock_widget: setParent(None)
-                self._fire()
+                # decided once the event loop turns: a move between parents is no close
+                QTimer.singleShot(0, self._check_undocked)
         elif kind == QEvent.Type.Close:
             self._fire()
         return False
+
+    def _check_undocked(self) -> None:
+        try:
+            undocked = self._widget.parent() is None
+        except RuntimeError:  # already deleted: the destroyed signal fired
+            return
+        if undocked:
+            self._fire()
 
 
 def watch_close(widget, on_close: Callable[[], None]) -> QObject:
