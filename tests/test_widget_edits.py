@@ -125,6 +125,12 @@ def test_edited_match_points_survive_a_confidence_change(viewer, qtbot, monkeypa
     assert len(shown[0].data) == expected
     assert plugin_layers(viewer, "matches:target") == [target_matches], "updated in place"
     assert len(target_matches.data) == expected
+    assert shown[0].name == "matches on src [1]"  # napari's name for a second one
+    viewer.layers.remove(matches)  # once the user's copy is gone, the name is free again
+    widget.confidence.value = 0.4
+    settle(qtbot, widget)
+    assert plugin_layers(viewer, "matches:source") == shown
+    assert shown[0].name == "matches on src"
 
 
 def test_painted_labels_survive_a_threshold_change_and_a_rerun(viewer, qtbot, monkeypatch):

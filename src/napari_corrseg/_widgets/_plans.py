@@ -178,8 +178,9 @@ def apply_update(viewer, update: LayerUpdate, plan: Plan, report: ApplyReport):
         for key, value in placement.items():  # each set redraws: skip no-ops
             if not np.allclose(getattr(layer, key)[-len(value) :], value):
                 setattr(layer, key, value)
-        if T.tag_of(layer).get("given_name") != name:
-            layer.name = name  # follows its image's name (napari may add " [1]")
+        renamed_image = T.tag_of(layer).get("given_name") != name
+        if renamed_image or (layer.name != name and name not in viewer.layers):
+            layer.name = name  # follows its image; drops napari's " [1]" once free
         layer.data = data
         for key, value in update.properties.items():
             setattr(layer, key, value)
