@@ -222,6 +222,10 @@ class AutoValue(Container):
                 tooltip=tooltip,
             )
         self.readout = Label(name="readout", value=self._format(start))
+        # raw Qt: a fixed width, so a new number never re-lays out the whole dock
+        self.readout.native.setFixedWidth(
+            self.readout.native.fontMetrics().horizontalAdvance("0.000e-00")
+        )
         self.slider.enabled = not auto
         super().__init__(
             name=name,

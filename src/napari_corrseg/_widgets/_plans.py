@@ -235,7 +235,7 @@ class Applier:
         split: a slice holds at least one.
     """
 
-    def __init__(self, viewer, budget_ms: float = 25.0) -> None:
+    def __init__(self, viewer, budget_ms: float = 40.0) -> None:
         self.viewer = viewer
         self.budget_ms = budget_ms
         self._steps: list[Callable[[], None]] = []

@@ -43,7 +43,7 @@ from ._plans import Applier, ApplyReport, Plan
 ProgressCallback = Callable[[str, float], None]
 CancelCallback = Callable[[], bool]
 Job = Callable[[ProgressCallback, CancelCallback], Plan]
-PROGRESS_S = 0.1  # least time between two progress updates of one stage
+PROGRESS_S = 0.25  # least time between two progress updates of one stage
 
 
 class RunEvents(QObject):
@@ -185,9 +185,10 @@ class RunControls(Container):
         last = {"stage": None, "time": 0.0}
 
         def report(stage: str, fraction: float) -> None:
-            # every repaint of the dock costs the GUI thread a frame: at most 10 a second
+            # each repaint of the dock costs the GUI thread a frame: a new stage is shown
+            # at once, the progress within a stage a few times a second
             now = time.perf_counter()
-            if stage == last["stage"] and fraction < 1.0 and now - last["time"] < PROGRESS_S:
+            if stage == last["stage"] and now - last["time"] < PROGRESS_S:
                 return
             last["stage"], last["time"] = stage, now
             self.events.progress.emit(str(stage), float(fraction))
