@@ -128,10 +128,13 @@ def timed_run(phases: Phases, case: str, widget, start_run: Callable, run_phase:
 
 
 def drag(phases: Phases, case: str, widget, slider, values: np.ndarray, phase: str) -> None:
-    """Move ``slider`` through ``values`` at 60 Hz (a drag), then wait for the result.
+    """Move ``slider`` through ``values`` (fractions of its range for an `AutoValue`) at
+    60 Hz (a drag), then wait for the result.
 
-    ``slider`` is a magicgui value widget or a function taking the value; ``widget`` the
-    dock whose result to wait for (None for a control with nothing to wait for).
+    ``slider`` is one of the plugin's `AutoValue` controls, dragged the way Qt sees a
+    user drag (the handle held down, its position moved, then let go), or a function
+    taking the value; ``widget`` the dock whose result to wait for (None for a control
+    with nothing to wait for).
     """
     from qtpy.QtCore import QTimer
 
@@ -139,6 +142,12 @@ def drag(phases: Phases, case: str, widget, slider, values: np.ndarray, phase: s
     reports = []
     if runner is not None:
         runner.events.idle.connect(lambda *_: reports.append(runner.last_report))
+    qslider = None
+    if not callable(slider):  # an AutoValue: positions of its QSlider, held down
+        qslider = slider.qslider
+        low, high = qslider.minimum(), qslider.maximum()
+        values = np.rint(low + (high - low) * np.asarray(values)).astype(int)
+        qslider.setSliderDown(True)
     steps = iter(values)
     timer = QTimer()
     done = []
@@ -147,11 +156,13 @@ def drag(phases: Phases, case: str, widget, slider, values: np.ndarray, phase: s
         value = next(steps, None)
         if value is None:
             timer.stop()
+            if qslider is not None:
+                qslider.setSliderDown(False)  # let go
             done.append(time.perf_counter())
-        elif callable(slider):
+        elif qslider is None:
             slider(float(value))
         else:
-            slider.value = float(value)
+            qslider.setSliderPosition(int(value))
 
     timer.timeout.connect(step)
     start = time.perf_counter()
@@ -206,7 +217,7 @@ def case_pair(viewer, phases: Phases, options) -> None:
         matcher.settings.seed.value = 100 + repeat  # new maps: the model runs
         timed_run(phases, case, matcher, start_matcher, "Correspondence run",
                   "Correspondence results arrive: warm")  # fmt: skip
-        drag(phases, case, matcher, matcher.confidence.slider,
+        drag(phases, case, matcher, matcher.confidence,
              np.linspace(0.0, 0.9, 90)[:: 1 if repeat % 2 == 0 else -1],
              "drag confidence slider")  # fmt: skip
     viewer.window.remove_dock_widget(matcher.native)
@@ -228,9 +239,8 @@ def case_pair(viewer, phases: Phases, options) -> None:
         coseg.settings.seed.value = 200 + repeat
         timed_run(phases, case, coseg, start_coseg, "Co-segmentation run",
                   "Co-segmentation results arrive: warm")  # fmt: skip
-        auto = float(coseg.result.threshold)
-        values = np.geomspace(auto / 3, auto * 3, 90)[:: 1 if repeat % 2 == 0 else -1]
-        drag(phases, case, coseg, coseg.threshold.slider, values, "drag threshold slider")
+        fractions = np.linspace(0.1, 0.6, 90)[:: 1 if repeat % 2 == 0 else -1]  # 0.003-0.3
+        drag(phases, case, coseg, coseg.threshold, fractions, "drag threshold slider")
     viewer.window.remove_dock_widget(coseg.native)
 
 

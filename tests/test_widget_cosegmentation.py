@@ -150,3 +150,28 @@ def test_one_plain_image_is_refused_with_a_notification(collection_viewer, monke
     assert widget.run() is None
     assert "stack" in notification_manager.records[-1].message
     assert widget.run_button.enabled
+
+
+def test_threshold_drag_segments_when_let_go(collection_viewer, qtbot, monkeypatch):
+    """Dragging the threshold only moves the number; letting go re-segments (no model)."""
+    viewer = collection_viewer
+    engine = SyntheticEngine()
+    widget = make_widget(viewer, monkeypatch, engine)
+    widget.images.value = [viewer.layers["img0"], viewer.layers["img1"]]
+    run_and_wait(qtbot, widget)
+    widget.threshold.auto.value = False
+    settle(qtbot, widget)
+    before = widget.result
+    slider = widget.threshold.qslider
+    slider.setSliderDown(True)  # the user holds the handle...
+    for position in range(slider.value(), slider.maximum(), 7):
+        slider.setSliderPosition(position)  # ...and drags it
+    qtbot.wait(400)  # longer than the debounce: still nothing computed while held
+    assert widget.result is before and widget.runner.idle
+    shown = float(widget.threshold.readout.value)
+    with qtbot.waitSignal(widget.runner.events.idle, timeout=30_000):
+        slider.setSliderDown(False)  # let go
+        widget._resegment_soon.flush()
+    assert widget.result is not before
+    assert widget.result.threshold == pytest.approx(shown, rel=0.05)
+    assert engine.calls == 1

@@ -25,7 +25,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image
 from psygnal import Signal
-from qtpy.QtWidgets import QCompleter
+from qtpy.QtWidgets import QCompleter, QSlider
 
 from ..errors import CorrsegError
 from . import _tags as T
@@ -178,6 +178,10 @@ class AutoValue(Container):
     allow_auto : bool
         Show the *auto* box. Without it ``value`` is always a float.
     auto_tooltip : str
+    on_release : bool
+        For a costly effect: while the user drags, only the number beside the slider
+        follows; ``value_changed`` fires when the slider is let go (keys and the wheel
+        still change it at once).
     """
 
     value_changed = Signal(object)
@@ -194,6 +198,7 @@ class AutoValue(Container):
         log: bool = False,
         allow_auto: bool = True,
         auto_tooltip: str = "",
+        on_release: bool = False,
     ) -> None:
         auto = value == "auto"
         start = minimum if auto else float(value)
@@ -236,8 +241,13 @@ class AutoValue(Container):
         )
         self.margins = (0, 0, 0, 0)
         self._auto_value: float | None = None
+        self._log = log
+        self.qslider = self.slider.native.findChildren(QSlider)[0]
         self.auto.changed.connect(self._auto_toggled)
         self.slider.changed.connect(self._slider_moved)
+        if on_release:
+            self.slider.tracking = False  # changed fires on release
+            self.qslider.sliderMoved.connect(self._follow_drag)  # raw Qt: the handle moving
 
     @staticmethod
     def _format(value: float) -> str:
@@ -274,6 +284,14 @@ class AutoValue(Container):
     def _auto_toggled(self, auto: bool) -> None:
         self.slider.enabled = not auto
         self.value_changed.emit(self.value)
+
+    def _follow_drag(self, position: int) -> None:
+        """The number beside the slider while it is dragged (no value change yet)."""
+        low, high = self.qslider.minimum(), self.qslider.maximum()
+        fraction = (position - low) / max(high - low, 1)
+        lo, hi = float(self.slider.min), float(self.slider.max)
+        value = lo * (hi / lo) ** fraction if self._log else lo + (hi - lo) * fraction
+        self.readout.value = self._format(value)
 
     def _slider_moved(self, value: float) -> None:
         self.readout.value = self._format(float(value))

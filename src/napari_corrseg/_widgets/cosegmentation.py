@@ -95,6 +95,7 @@ class CosegmentationWidget(DockWidget):
             name="threshold",
             value="auto",
             minimum=0.001,
+            on_release=True,  # a co-segmentation takes a while: compute when let go
             maximum=100.0,
             log=True,
             tooltip="Symmetric-KL merge threshold (log scale, 0.001-100): higher merges more "
