@@ -211,8 +211,9 @@ def case_pair(viewer, phases: Phases, options) -> None:
     def start_matcher():
         return matcher.run(start_thread=False)
 
-    timed_run(phases, case, matcher, start_matcher, "first run: import torch, load model",
-              "results arrive: cold (layers created)")  # fmt: skip
+    timed_run(phases, case, matcher, start_matcher,
+              "Correspondence first run: import torch, load model",
+              "Correspondence results arrive: cold (layers created)")  # fmt: skip
     for repeat in range(options.repeats):
         matcher.settings.seed.value = 100 + repeat  # new maps: the model runs
         timed_run(phases, case, matcher, start_matcher, "Correspondence run",

@@ -409,4 +409,7 @@ class RunControls(Container):
         self._pending_refresh = None
         self._applying = None
         self.applier.stop()
-        self.events.idle.emit("closed")
+        try:
+            self.events.idle.emit("closed")
+        except RuntimeError:  # Qt already deleted it: the application is closing
+            pass
