@@ -89,6 +89,8 @@ class RunControls(Container):
         self.progress_bar.native.setFormat("idle")
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        lines = self.status.native.fontMetrics().lineSpacing()
+        self.status.native.setMinimumHeight(3 * lines)  # raw Qt: room for a wrapped message
         buttons = Container(
             widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
         )
