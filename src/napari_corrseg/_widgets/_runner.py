@@ -6,15 +6,14 @@ line) and the machinery behind it:
 - ``controls.start(job, ...)`` runs ``job(progress, cancel) -> Plan`` in a napari worker
   thread, then hands the plan to an `Applier` (result layers in short GUI slices). The
   widget stays *busy* (Run disabled, Cancel enabled) until the plan is shown.
-- ``controls.refresh(job, ...)``: a display change computed off the GUI thread (a new
-  threshold, a new number of matches). The latest request wins: requests made while one
-  computes replace each other, and a result made stale by a newer run or request is
+- ``controls.refresh(make_job, ...)``: a display change computed off the GUI thread (a
+  new threshold, a new number of matches). The latest request wins: requests made while
+  one computes replace each other, and a result made stale by a newer run or request is
   dropped. A refresh asked for during a run waits for the run to end.
 - every run ends in exactly one *outcome*, shown in the status line and, unless it is a
   plain success, as a napari notification: ``done``, ``warned`` (an empty or doubtful
-  result: warnings), ``cancelled``,
-  ``input deleted`` (an input layer was removed mid-run: the run is stopped at once),
-  ``failed``. Messages name layers by their names (`name_images`).
+  result), ``cancelled``, ``input deleted`` (an input layer was removed mid-run: the run
+  is stopped at once), ``failed``. Messages name layers by their names (`name_images`).
 - `RunEvents.idle` fires when the controls become idle, with the outcome.
 """
 
