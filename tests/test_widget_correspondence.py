@@ -6,7 +6,6 @@ tiny model runs the whole path once (load, encode, forward, metrics).
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +14,7 @@ from napari.utils.interactions import mouse_press_callbacks
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
 from napari_corrseg._widgets import CorrespondenceWidget
-from napari_corrseg._widgets._layers import PLUGIN_KEY
+from napari_corrseg._widgets._tags import PLUGIN_KEY
 from napari_corrseg.errors import ModelLoadError
 from test_widget_support import (  # noqa: F401 - the autouse fixture must be imported
     GRID,
@@ -26,6 +25,7 @@ from test_widget_support import (  # noqa: F401 - the autouse fixture must be im
     install_engine,
     plugin_layers,
     run_and_wait,
+    settle,
     textured_image,
 )
 
@@ -76,8 +76,8 @@ def test_matches_placed_on_both_images_with_features(pair_viewer, qtbot, monkeyp
     engine = SyntheticEngine()
     widget = make_widget(pair_viewer, monkeypatch, engine)
     before = user_snapshot(pair_viewer)
-    widget.n_matches.setValue(40)
-    run_and_wait(qtbot, widget)
+    widget.n_matches.value = 40
+    assert run_and_wait(qtbot, widget) == "done"
 
     source = plugin_layers(pair_viewer, "matches:source")[0]
     target = plugin_layers(pair_viewer, "matches:target")[0]
@@ -115,11 +115,12 @@ def test_matches_placed_on_both_images_with_features(pair_viewer, qtbot, monkeyp
     np.testing.assert_allclose(entropy.scale, (4.0, 4.0))
     np.testing.assert_allclose(entropy.translate, (1.5, 1.5 + TARGET_OFFSET[1]))
     np.testing.assert_allclose(metrics["metric:cycle_error"].translate, (1.5, 1.5))
-    # the confidence slider filters both sides and the lines, live
-    widget.show_lines.setChecked(True)
+    # the confidence slider filters both sides and the lines
+    widget.show_lines.value = True
     confidence = widget.result.confidence
     floor = float(np.median(confidence))
-    widget.confidence.setValue(round(100 * floor))
+    widget.confidence.value = round(floor, 2)
+    settle(qtbot, widget)
     expected = confidence >= widget.confidence_floor
     assert 0 < expected.sum() < len(confidence)
     for side in ("source", "target"):  # the same layers, holding the kept matches
@@ -128,11 +129,14 @@ def test_matches_placed_on_both_images_with_features(pair_viewer, qtbot, monkeyp
         np.testing.assert_array_equal(layer.features["match_id"], np.flatnonzero(expected))
     np.testing.assert_array_equal(source.face_color, target.face_color)
     lines = plugin_layers(pair_viewer, "matches:lines")[0]
-    assert lines.nshapes == expected.sum()
-    first = lines.data[0]  # joins a source point to its target point in world coordinates
+    assert len(lines.data) == expected.sum()
+    first = lines.data[0]  # from a source point to its target point in world coordinates
     np.testing.assert_allclose(first[0], widget.result.source_points[expected][0])
-    np.testing.assert_allclose(first[1], widget.result.target_points[expected][0] + TARGET_OFFSET)
-    widget.show_lines.setChecked(False)
+    np.testing.assert_allclose(
+        first[0] + first[1], widget.result.target_points[expected][0] + TARGET_OFFSET
+    )
+    widget.show_lines.value = False
+    settle(qtbot, widget)
     assert not plugin_layers(pair_viewer, "matches:lines")
     assert_users_untouched(pair_viewer, before)
 
@@ -140,12 +144,13 @@ def test_matches_placed_on_both_images_with_features(pair_viewer, qtbot, monkeyp
 def test_rerun_and_display_changes_update_in_place(pair_viewer, qtbot, monkeypatch):
     engine = SyntheticEngine()
     widget = make_widget(pair_viewer, monkeypatch, engine)
-    widget.n_matches.setValue(30)
+    widget.n_matches.value = 30
     run_and_wait(qtbot, widget)
     layers_before = list(pair_viewer.layers)
     source = plugin_layers(pair_viewer, "matches:source")[0]
 
-    widget.n_matches.setValue(12)  # a display change: no new forward pass
+    widget.n_matches.value = 12  # a display change: no new forward pass
+    settle(qtbot, widget)
     assert engine.calls == 1
     assert len(source.data) == 12 and source in pair_viewer.layers
 
@@ -153,7 +158,7 @@ def test_rerun_and_display_changes_update_in_place(pair_viewer, qtbot, monkeypat
     assert engine.calls == 1
     assert list(pair_viewer.layers) == layers_before, "rerun must reuse the result layers"
 
-    widget.settings.seed.setValue(3)  # an extraction setting: the model runs again
+    widget.settings.seed.value = 3  # an extraction setting: the model runs again
     run_and_wait(qtbot, widget)
     assert engine.calls == 2
     assert list(pair_viewer.layers) == layers_before
@@ -166,10 +171,14 @@ def test_overlapping_images_keep_the_match_count_in_the_status(
     viewer.add_image(textured_image((SIZE, SIZE), 0), name="src", rgb=True)
     viewer.add_image(textured_image((SIZE, SIZE), 1), name="tgt", rgb=True)
     widget = make_widget(viewer, monkeypatch, SyntheticEngine())
-    widget.show_lines.setChecked(True)
+    widget.show_lines.value = True
     run_and_wait(qtbot, widget)
-    status = widget.status.text()
-    assert status.startswith(f"{len(widget.result)} matches; inverse mapping score")
+    status = widget.status.value
+    result = widget.result
+    # the floor starts at the pair's automatic cut: only matches above it are shown
+    shown = int((result.confidence >= result.auto_confidence).sum())
+    assert 0 < shown <= len(result)
+    assert status.startswith(f"{shown} of {len(result)} matches shown")
     assert "the images overlap" in status
 
 
@@ -186,8 +195,8 @@ def test_displayed_plane_of_a_stack_is_used(make_napari_viewer, qtbot, monkeypat
         engine, "extract", lambda images, **kw: seen.append(images) or real_extract(images, **kw)
     )
     widget = make_widget(viewer, monkeypatch, engine)
-    widget.source.set_value(viewer.layers["stack"])
-    widget.target.set_value(viewer.layers["other"])
+    widget.source.value = viewer.layers["stack"]
+    widget.target.value = viewer.layers["other"]
     viewer.dims.set_current_step(0, 2)
     run_and_wait(qtbot, widget)
     np.testing.assert_array_equal(seen[0][0], stack[2])
@@ -205,7 +214,7 @@ def press(position) -> SimpleNamespace:
 def test_query_click_and_keypoint_transfer(pair_viewer, qtbot, monkeypatch):
     widget = make_widget(pair_viewer, monkeypatch, SyntheticEngine())
     run_and_wait(qtbot, widget)
-    widget.query_enabled.setChecked(True)
+    widget.query_enabled.value = True
     click = (29.5, 21.5)  # token (7, 5) of the source
     mouse_press_callbacks(pair_viewer, press(click))
 
@@ -218,13 +227,14 @@ def test_query_click_and_keypoint_transfer(pair_viewer, qtbot, monkeypatch):
     np.testing.assert_allclose(clicked, click)
     np.testing.assert_allclose(best, np.add(click, SHIFT_PX) + TARGET_OFFSET, atol=2.0)
 
-    widget.query_reverse.setChecked(True)  # click on the target, find it on the source
+    widget.query_reverse.value = True  # click on the target, find it on the source
     click_on_target = np.add(click, TARGET_OFFSET) + SHIFT_PX
     mouse_press_callbacks(pair_viewer, press(click_on_target))
     _, best = plugin_layers(pair_viewer, "query:points")[0].data
     np.testing.assert_allclose(best, click, atol=2.0)
-    widget.query_enabled.setChecked(False)
+    widget.query_enabled.value = False  # the callback and the query layers go
     assert widget._on_click not in pair_viewer.mouse_drag_callbacks
+    assert not plugin_layers(pair_viewer, "query")
 
     # keypoint transfer through the button a user presses
     keypoints = np.array([[9.5, 9.5], [30.0, 20.0], [50.0, 33.0]])
@@ -232,32 +242,34 @@ def test_query_click_and_keypoint_transfer(pair_viewer, qtbot, monkeypatch):
         keypoints, name="my keypoints", features={"part": ["a", "b", "c"]}
     )
     before = user_snapshot(pair_viewer)
-    widget.keypoints.set_value(user)
-    widget.transfer_button.click()
+    widget.keypoints.value = user
+    with qtbot.waitSignal(widget.runner.events.idle):
+        widget.transfer_button.clicked.emit()
 
-    moved = plugin_layers(pair_viewer, "transfer:my keypoints")[0]
+    moved = plugin_layers(pair_viewer, "transfer")[0]
     assert moved.name == "my keypoints on tgt"
     assert list(moved.features["part"]) == ["a", "b", "c"]
     assert np.all((moved.features["confidence"] >= 0) & (moved.features["confidence"] <= 1))
+    assert tuple(moved.face_contrast_limits) == (0.0, 1.0), "confidence colours on [0, 1]"
     np.testing.assert_allclose(moved.data, keypoints + SHIFT_PX, atol=2.5)
     np.testing.assert_allclose(moved.translate, TARGET_OFFSET)
     assert_users_untouched(pair_viewer, before)
-    widget.transfer_button.click()  # again: the same layer is updated, not a new one
-    assert len(plugin_layers(pair_viewer, "transfer:")) == 1
+    with qtbot.waitSignal(widget.runner.events.idle):  # again: the same layer is updated
+        widget.transfer_button.clicked.emit()
+    assert plugin_layers(pair_viewer, "transfer") == [moved]
 
 
 def test_cancel_stops_the_run_and_viewer_stays_usable(pair_viewer, qtbot, monkeypatch):
-    widget = make_widget(pair_viewer, monkeypatch, SyntheticEngine(delay=20.0))
+    widget = make_widget(pair_viewer, monkeypatch, SyntheticEngine(delay=60.0))
     worker = widget.run(start_thread=False)
-    assert not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
-    start = time.perf_counter()
-    with qtbot.waitSignal(worker.finished, timeout=15_000):
+    assert not widget.run_button.enabled and widget.cancel_button.enabled
+    with qtbot.waitSignal(widget.runner.events.idle, timeout=30_000) as blocker:
         worker.start()
-        qtbot.waitUntil(lambda: "forward" in widget.progress_bar.format(), timeout=5000)
-        widget.cancel_button.click()
-    assert time.perf_counter() - start < 10.0, "cancel did not stop the 20 s run"
-    assert widget.status.text() == "cancelled"
-    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+        qtbot.waitUntil(lambda: "forward" in widget.progress_bar.native.format(), timeout=5000)
+        widget.cancel_button.clicked.emit()
+    assert blocker.args == ["cancelled"], "the 60 s run must stop long before it ends"
+    assert widget.status.value == "cancelled"
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
     assert not plugin_layers(pair_viewer, "matches")
     # usable afterwards: a new run with a quick engine completes
     install_engine(monkeypatch, SyntheticEngine())
@@ -280,7 +292,7 @@ def test_worker_errors_become_notifications(pair_viewer, qtbot, monkeypatch):
             n for n in notification_manager.records if n.severity == NotificationSeverity.ERROR
         ]
         assert errors and expected in errors[-1].message
-        assert widget.run_button.isEnabled()
+        assert widget.run_button.enabled
         assert not plugin_layers(pair_viewer, "matches")
 
 
@@ -296,15 +308,12 @@ def test_bad_input_is_reported_without_a_worker(make_napari_viewer, monkeypatch)
 def test_layer_pickers_follow_the_layer_list(pair_viewer, qtbot, monkeypatch):
     widget = make_widget(pair_viewer, monkeypatch)
     target = pair_viewer.layers["tgt"]
-    assert widget.target.value() is target
+    assert widget.target.value is target
     target.name = "renamed"  # a rename keeps the choice and shows the new name
-    assert widget.target.value() is target and widget.target.currentText() == "renamed"
-    pair_viewer.add_points(np.zeros((1, 2)), name="mine")
-    assert widget.keypoints.value().name == "mine"
+    assert widget.target.value is target
+    assert widget.target.native.currentText() == "renamed"
+    mine = pair_viewer.add_points(np.zeros((1, 2)), name="mine")
+    assert list(widget.keypoints.choices) == [None, mine]
     pair_viewer.layers.remove(target)
-    assert widget.target.findText("renamed") < 0
-    # a closed dock widget stops listening instead of raising on the next change
-    pair_viewer.window.remove_dock_widget(widget)
-    widget.deleteLater()
-    qtbot.wait(50)
-    pair_viewer.add_image(np.zeros((4, 4)), name="later")
+    combo = widget.target.native
+    assert "renamed" not in [combo.itemText(i) for i in range(combo.count())]

@@ -11,7 +11,7 @@ import pytest
 from napari.utils.notifications import notification_manager
 
 from napari_corrseg._widgets import CosegmentationWidget
-from napari_corrseg._widgets._layers import PLUGIN_KEY
+from napari_corrseg._widgets._tags import PLUGIN_KEY
 from napari_corrseg.synthetic.regions import moving_collection
 from test_widget_support import (  # noqa: F401 - the autouse fixture must be imported
     GRID,
@@ -21,6 +21,7 @@ from test_widget_support import (  # noqa: F401 - the autouse fixture must be im
     install_engine,
     plugin_layers,
     run_and_wait,
+    settle,
     textured_image,
 )
 
@@ -53,10 +54,11 @@ def test_shared_labels_table_and_threshold(collection_viewer, qtbot, monkeypatch
     widget = make_widget(viewer, monkeypatch, engine)
     user_layers = list(viewer.layers)
     user_data = [np.array(layer.data, copy=True) for layer in user_layers]
-    widget.images.set_checked(user_layers)
+    widget.images.value = user_layers
     run_and_wait(qtbot, widget)
 
-    labels = [plugin_layers(viewer, f"coseg:{index}")[0] for index in range(3)]
+    labels = plugin_layers(viewer, "coseg")
+    assert [layer.name for layer in labels] == [f"co-segmentation of img{i}" for i in range(3)]
     for layer, image, shape in zip(labels, user_layers, SHAPES, strict=True):
         assert layer.data.shape == shape, "labels on the image's own pixels"
         np.testing.assert_allclose(layer.scale, image.scale)
@@ -76,27 +78,27 @@ def test_shared_labels_table_and_threshold(collection_viewer, qtbot, monkeypatch
     assert len(rows) == len(widget.result.segments) >= 2
     for row, record in zip(rows, widget.result.segments, strict=True):
         assert row[0] == str(record["id"])
+        assert row[1] == ", ".join(f"img{image}" for image in record["images"])  # by name
         for image in record["images"]:
             assert (labels[image].data == record["id"]).any()
     auto = widget.result.threshold
-    assert widget.threshold.value() == pytest.approx(auto, abs=1e-3)
-    assert "auto" in widget.status.text()
+    assert widget.threshold.number() == pytest.approx(auto, rel=1e-6)
+    assert "auto" in widget.status.value
 
     # a manual threshold reuses the maps and updates the layers in place
-    widget.auto_threshold.setChecked(False)
-    widget.threshold.setValue(auto * 3 + 1)
-    widget.threshold.editingFinished.emit()
-    assert widget.result.threshold == pytest.approx(auto * 3 + 1, abs=1e-3)
+    widget.threshold.value = auto * 3 + 1
+    settle(qtbot, widget)
+    assert widget.result.threshold == pytest.approx(auto * 3 + 1, rel=0.05)
     assert engine.calls == 1
-    assert [plugin_layers(viewer, f"coseg:{i}")[0] for i in range(3)] == labels
+    assert plugin_layers(viewer, "coseg") == labels
     for layer, data in zip(user_layers, user_data, strict=True):
         np.testing.assert_array_equal(layer.data, data)
         assert PLUGIN_KEY not in layer.metadata
 
     # a rerun on two images keeps two layers and removes our third
-    widget.images.set_checked(user_layers[:2])
+    widget.images.value = user_layers[:2]
     run_and_wait(qtbot, widget)
-    assert len(plugin_layers(viewer, "coseg:")) == 2
+    assert plugin_layers(viewer, "coseg") == labels[:2]
     assert all(layer in viewer.layers for layer in user_layers)
 
 
@@ -107,32 +109,33 @@ def test_stack_gives_one_stacked_labels_layer(make_napari_viewer, qtbot, monkeyp
     for seed in (7, 8):
         viewer.add_image(textured_image((40, 40), seed), name=f"plain{seed}", rgb=True)
     widget = make_widget(viewer, monkeypatch, SyntheticEngine())
-    widget.images.set_checked([viewer.layers["plain7"], viewer.layers["plain8"]])
+    widget.images.value = [viewer.layers["plain7"], viewer.layers["plain8"]]
     run_and_wait(qtbot, widget)
-    assert len(plugin_layers(viewer, "coseg:")) == 2
-    widget.images.set_checked([viewer.layers["stack"]])
+    assert len(plugin_layers(viewer, "coseg")) == 2
+    widget.images.value = [viewer.layers["stack"]]
     run_and_wait(qtbot, widget)
     labels = plugin_layers(viewer, "coseg:stack")[0]
     assert labels.data.shape == (3, 40, 40)
     np.testing.assert_allclose(labels.scale, (5, 1, 1))
     assert set(np.unique(labels.data)) >= set(np.unique(labels.data[0]))
     # the per-image layers of the earlier run are gone: only the stacked one is left
-    assert plugin_layers(viewer, "coseg:") == [labels]
+    assert plugin_layers(viewer, "coseg") == [labels]
 
 
 def test_painted_labels_propagate_to_the_other_images(collection_viewer, qtbot, monkeypatch):
     viewer = collection_viewer
     widget = make_widget(viewer, monkeypatch, SyntheticEngine())
-    widget.images.set_checked([viewer.layers["img0"], viewer.layers["img1"]])
+    widget.images.value = [viewer.layers["img0"], viewer.layers["img1"]]
     run_and_wait(qtbot, widget)
     painted = np.zeros((48, 48), dtype=np.int32)
     painted[10:30, 5:25] = 7
     user = viewer.add_labels(painted.copy(), name="painted")
-    widget.painted.set_value(user)
-    widget.painted_image.set_value(viewer.layers["img0"])
-    widget.propagate_button.click()
+    widget.painted.value = user
+    widget.painted_image.value = viewer.layers["img0"]
+    with qtbot.waitSignal(widget.runner.events.idle):
+        widget.propagate_button.clicked.emit()
 
-    proposal = plugin_layers(viewer, "propagated:painted")
+    proposal = plugin_layers(viewer, "propagated")
     assert len(proposal) == 1 and proposal[0].name == "painted on img1"
     assert proposal[0].data.shape == SHAPES[1]
     assert set(np.unique(proposal[0].data)) <= {0, 7} and (proposal[0].data == 7).any()
@@ -142,8 +145,33 @@ def test_painted_labels_propagate_to_the_other_images(collection_viewer, qtbot, 
 
 def test_one_plain_image_is_refused_with_a_notification(collection_viewer, monkeypatch):
     widget = make_widget(collection_viewer, monkeypatch, SyntheticEngine())
-    widget.images.set_checked([collection_viewer.layers["img0"]])
+    widget.images.value = [collection_viewer.layers["img0"]]
     monkeypatch.setattr(notification_manager, "records", [])
     assert widget.run() is None
     assert "stack" in notification_manager.records[-1].message
-    assert widget.run_button.isEnabled()
+    assert widget.run_button.enabled
+
+
+def test_threshold_drag_segments_when_let_go(collection_viewer, qtbot, monkeypatch):
+    """Dragging the threshold only moves the number; letting go re-segments (no model)."""
+    viewer = collection_viewer
+    engine = SyntheticEngine()
+    widget = make_widget(viewer, monkeypatch, engine)
+    widget.images.value = [viewer.layers["img0"], viewer.layers["img1"]]
+    run_and_wait(qtbot, widget)
+    widget.threshold.auto.value = False
+    settle(qtbot, widget)
+    before = widget.result
+    slider = widget.threshold.qslider
+    slider.setSliderDown(True)  # the user holds the handle...
+    for position in range(slider.value(), slider.maximum(), 7):
+        slider.setSliderPosition(position)  # ...and drags it
+    qtbot.wait(400)  # longer than the debounce: still nothing computed while held
+    assert widget.result is before and widget.runner.idle
+    shown = float(widget.threshold.readout.value)
+    with qtbot.waitSignal(widget.runner.events.idle, timeout=30_000):
+        slider.setSliderDown(False)  # let go
+        widget._resegment_soon.flush()
+    assert widget.result is not before
+    assert widget.result.threshold == pytest.approx(shown, rel=0.05)
+    assert engine.calls == 1

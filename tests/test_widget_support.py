@@ -63,34 +63,48 @@ class SyntheticEngine:
 @pytest.fixture(autouse=True)
 def _isolated_caches(monkeypatch, tmp_path):
     """Every test gets an empty disk cache and an empty in-memory map cache."""
-    from napari_corrseg._widgets import _runner
+    from napari_corrseg._widgets import _engines
 
     monkeypatch.setenv("NAPARI_CORRSEG_CACHE_DIR", str(tmp_path / "cache"))
-    _runner.MAPS_CACHE._items.clear()
+    _engines.MAPS_CACHE.clear()
     yield
-    _runner.MAPS_CACHE._items.clear()
+    _engines.MAPS_CACHE.clear()
 
 
 def install_engine(monkeypatch, engine, model: str = "synthetic", device: str = "cpu") -> None:
     """Make ``get_engine(model, device)`` return ``engine`` for this test."""
-    from napari_corrseg._widgets import _runner
+    from napari_corrseg._widgets import _engines
 
-    monkeypatch.setitem(_runner._ENGINE, (model, device), engine)
+    monkeypatch.setitem(_engines._ENGINE, (model, device), engine)
 
 
 def choose_model(widget, model: str = "synthetic", device: str = "cpu") -> None:
     """Type the model name into a widget's settings (as a user would)."""
-    widget.settings.model.setCurrentText(model)
-    widget.settings.device.setCurrentText(device)
+    widget.settings.model.value = model
+    widget.settings.device.value = device
 
 
-def run_and_wait(qtbot, widget, timeout: int = 120_000):
-    """Start a widget's run the way the Run button does, and wait for it to finish."""
-    worker = widget.run(start_thread=False)
-    assert worker is not None, f"run refused to start: {widget.status.text()}"
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
+def run_and_wait(qtbot, widget, timeout: int = 120_000, start=None):
+    """Start a run the way the Run button does (or ``start()``), wait until it is shown.
+
+    Returns the outcome (``"done"``, ``"warned"``, ``"cancelled"``, ``"input deleted"``,
+    ``"failed"``).
+    """
+    start = start or (lambda: widget.run(start_thread=False))
+    with qtbot.waitSignal(widget.runner.events.idle, timeout=timeout) as blocker:
+        worker = start()
+        assert worker is not None, f"run refused to start: {widget.status.value}"
         worker.start()
-    return worker
+    return blocker.args[0]
+
+
+def settle(qtbot, widget, timeout: int = 30_000) -> None:
+    """Flush debounced controls and wait until the widget has nothing left to show."""
+    for name in ("_rematch_soon", "_refloor_soon", "_resegment_soon"):
+        debounced = getattr(widget, name, None)
+        if debounced is not None:
+            debounced.flush()
+    qtbot.waitUntil(lambda: widget.runner.idle, timeout=timeout)
 
 
 def textured_image(shape, seed: int) -> np.ndarray:
@@ -104,10 +118,11 @@ def textured_image(shape, seed: int) -> np.ndarray:
 
 def plugin_layers(viewer, prefix: str = "") -> list:
     """The viewer's plugin-made layers whose role starts with ``prefix``."""
-    from napari_corrseg._widgets._layers import PLUGIN_KEY
+    from napari_corrseg._widgets._tags import PLUGIN_KEY
 
     return [
         layer
         for layer in viewer.layers
-        if layer.metadata.get(PLUGIN_KEY, {}).get("role", "").startswith(prefix)
+        if isinstance(layer.metadata.get(PLUGIN_KEY), dict)
+        and layer.metadata[PLUGIN_KEY].get("role", "").startswith(prefix)
     ]

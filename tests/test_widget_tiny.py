@@ -10,7 +10,7 @@ import pytest
 from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QTimer
 
-from napari_corrseg._widgets import CosegmentationWidget
+from napari_corrseg._widgets import CosegmentationWidget, _messages
 from test_widget_correspondence import assert_users_untouched, make_widget, user_snapshot
 from test_widget_support import (  # noqa: F401 - the autouse fixture must be imported
     _isolated_caches,
@@ -44,8 +44,9 @@ def test_tiny_model_end_to_end(make_napari_viewer, qtbot, monkeypatch, tiny_engi
     widget = make_widget(viewer, monkeypatch)
     choose_model(widget, "tiny")
     monkeypatch.setattr(notification_manager, "records", [])
+    monkeypatch.setattr(_messages, "_WARNED_TINY", set())  # warned once a session
     stages: list[str] = []
-    widget.runner.progress.connect(lambda stage, _: stages.append(stage))
+    widget.runner.events.progress.connect(lambda stage, _: stages.append(stage))
     run_and_wait(qtbot, widget)
 
     assert {"encode", "forward", "metrics"} <= set(stages), stages
@@ -92,11 +93,11 @@ def test_gui_stays_responsive_during_model_work(pair_viewer, qtbot, monkeypatch,
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     reports: list[float] = []  # when each progress report reached the GUI
-    widget.runner.progress.connect(lambda *_: reports.append(time.perf_counter()))
+    widget.runner.events.progress.connect(lambda *_: reports.append(time.perf_counter()))
     worker = widget.run(start_thread=False)
     timer.start(10)
     start = time.perf_counter()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
+    with qtbot.waitSignal(widget.runner.events.idle, timeout=120_000):
         worker.start()
     timer.stop()
     # the worker's part ends at its last progress report; building layers comes after
@@ -119,13 +120,13 @@ def test_tiny_model_cosegmentation_end_to_end(make_napari_viewer, qtbot, monkeyp
     widget = CosegmentationWidget(viewer)
     viewer.window.add_dock_widget(widget)
     choose_model(widget, "tiny")
-    widget.images.set_checked(list(viewer.layers))
+    widget.images.value = list(viewer.layers)
     run_and_wait(qtbot, widget)
 
-    shapes = [tuple(layer.data.shape) for layer in plugin_layers(viewer, "coseg:")]
+    shapes = [tuple(layer.data.shape) for layer in plugin_layers(viewer, "coseg")]
     assert shapes == [(64, 64), (48, 80), (80, 48)]
-    ids = set().union(*(np.unique(layer.data) for layer in plugin_layers(viewer, "coseg:")))
+    ids = set().union(*(np.unique(layer.data) for layer in plugin_layers(viewer, "coseg")))
     assert ids == {record["id"] for record in widget.result.segments}
-    assert widget.table.rowCount() == len(widget.result.segments)
-    assert np.isfinite(widget.threshold.value()) and widget.threshold.value() > 0
+    assert len(widget.table_rows()) == len(widget.result.segments)
+    assert np.isfinite(widget.threshold.number()) and widget.threshold.number() > 0
     assert_users_untouched(viewer, before)

@@ -1,33 +1,26 @@
-"""napari layer glue: read the plane a user sees, place grid maps, own result layers.
+"""napari layer glue: read the plane a user sees, place results on their image.
 
-Rules kept here so every widget follows them:
-
-- results go into layers the plugin created, marked ``layer.metadata["napari_corrseg"]``
-  with a ``role``; a rerun finds the layer by role and updates it in place;
-- a user's own layer (no mark) is never modified or removed;
-- a grid-sized map is placed on its image with the image layer's own ``scale`` and
-  ``translate`` composed with `ImageGeometry.scale` / `.translate`, never resampled.
+A grid-sized map is placed on its image with the image layer's own ``scale`` and
+``translate`` composed with `ImageGeometry.scale` / `.translate`, never resampled. Reading
+is split so that the GUI thread only *points at* the data (`image_plane` with
+``materialize=False``: a view, or a lazy dask slice) and the worker reads it.
 """
 
 from __future__ import annotations
 
 import colorsys
 import hashlib
-from typing import Any
 
 import numpy as np
 
 from ..core.maps import ImageGeometry
 from ..errors import InputImageError
-
-#: Key of the metadata entry that marks a layer as created by this plugin.
-PLUGIN_KEY = "napari_corrseg"
-
+from ._tags import PLUGIN_KEY  # noqa: F401 - re-exported for older imports
 
 # -- reading user layers ------------------------------------------------------------
 
 
-def image_plane(layer, viewer=None) -> np.ndarray:
+def image_plane(layer, viewer=None, *, materialize: bool = True):
     """Return the 2-D (optionally RGB/RGBA) plane of an image layer the viewer shows.
 
     Parameters
@@ -37,10 +30,13 @@ def image_plane(layer, viewer=None) -> np.ndarray:
         whose last two axes are displayed.
     viewer : napari.Viewer, optional
         Needed for stacks: the plane at the viewer's current position is taken.
+    materialize : bool
+        False returns the plane as the layer holds it (a numpy view, or a lazy dask or
+        zarr slice) for a worker to read with ``numpy.asarray``.
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray or array-like
         ``(H, W)`` or ``(H, W, C)``.
 
     Raises
@@ -72,7 +68,7 @@ def image_plane(layer, viewer=None) -> np.ndarray:
             )
         index = stack_index(layer, viewer)
         data = data[index]
-    return np.asarray(data)
+    return np.asarray(data) if materialize else data
 
 
 def stack_index(layer, viewer) -> tuple[int, ...]:
@@ -87,9 +83,10 @@ def stack_index(layer, viewer) -> tuple[int, ...]:
     )
 
 
-def stack_planes(layer) -> list[np.ndarray]:
-    """Split a stack layer ``(n, y, x[, c])`` into its ``n`` planes."""
-    data = np.asarray(layer.data)
+def stack_planes(layer, *, materialize: bool = True) -> list:
+    """Split a stack layer ``(n, y, x[, c])`` into its ``n`` planes (lazy if asked)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = np.asarray(data) if materialize else data
     n_spatial = data.ndim - (1 if layer.rgb else 0)
     if n_spatial != 3 or data.shape[0] < 2:
         raise InputImageError(
@@ -146,6 +143,24 @@ def world_to_pixel(layer, world: np.ndarray) -> np.ndarray:
     return (np.asarray(world, dtype=float).reshape(-1, 2) - translate) / scale
 
 
+def points_world(layer) -> np.ndarray:
+    """``(K, 2)`` world coordinates (displayed axes) of a Points layer's points."""
+    data = np.asarray(layer.data, dtype=float)
+    if not len(data):
+        return np.zeros((0, 2))
+    ndim = data.shape[1]
+    plain = (
+        np.allclose(layer.rotate, np.eye(ndim))
+        and np.allclose(layer.shear, 0.0)
+        and np.allclose(layer.affine.affine_matrix, np.eye(ndim + 1))
+    )
+    if plain:  # the usual case: one vectorised step
+        world = data * np.asarray(layer.scale) + np.asarray(layer.translate)
+    else:
+        world = np.array([layer.data_to_world(point) for point in data])
+    return world[:, -2:]
+
+
 def plane_shape(layer) -> tuple[int, int]:
     """``(H, W)`` of a layer's displayed plane."""
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
@@ -153,94 +168,7 @@ def plane_shape(layer) -> tuple[int, int]:
     return int(shape[-2]), int(shape[-1])
 
 
-# -- plugin-owned layers --------------------------------------------------------------
-
-
-def is_plugin_layer(layer, role: str | None = None) -> bool:
-    """Whether ``layer`` was created by this plugin (and has ``role``, if given)."""
-    mark = layer.metadata.get(PLUGIN_KEY)
-    if not isinstance(mark, dict):
-        return False
-    return role is None or mark.get("role") == role
-
-
-def find_plugin_layer(viewer, role: str):
-    """The plugin layer with ``role``, or None."""
-    for layer in viewer.layers:
-        if is_plugin_layer(layer, role):
-            return layer
-    return None
-
-
-def plugin_layers_of(viewer, prefix: str = "") -> list:
-    """The plugin layers whose role starts with ``prefix``, in layer-list order."""
-    return [
-        layer
-        for layer in viewer.layers
-        if is_plugin_layer(layer) and layer.metadata[PLUGIN_KEY].get("role", "").startswith(prefix)
-    ]
-
-
-def upsert_layer(
-    viewer,
-    kind: str,
-    data: Any,
-    *,
-    role: str,
-    name: str,
-    info: dict | None = None,
-    style: dict | None = None,
-    **properties: Any,
-):
-    """Create the plugin layer with ``role`` or update it in place.
-
-    Parameters
-    ----------
-    viewer : napari.Viewer
-    kind : {"image", "labels", "points"}
-    data : array
-        Layer data.
-    role : str
-        Stable identity of the result (e.g. ``"matches:source"``).
-    name : str
-        Layer name used when the layer is created (a user's renaming is kept).
-    info : dict, optional
-        Extra provenance stored in the metadata mark.
-    style : dict, optional
-        Properties applied only when the layer is created (colormap, opacity, symbol,
-        visibility...), so a rerun keeps the user's display choices and skips redraws.
-    **properties
-        Properties set on every call (``scale``, ``translate``, ``features``,
-        ``face_color``, ``contrast_limits``...). Without ``contrast_limits`` an image
-        layer's limits are reset to its new data.
-
-    Returns
-    -------
-    napari.layers.Layer
-        The created or updated layer.
-    """
-    mark = {"role": role, **(info or {})}
-    layer = find_plugin_layer(viewer, role)
-    if layer is not None and layer._type_string != kind:
-        viewer.layers.remove(layer)  # our own layer of another kind: replace it
-        layer = None
-    if layer is None:
-        add = getattr(viewer, f"add_{kind}")
-        return add(data, name=name, metadata={PLUGIN_KEY: mark}, **(style or {}), **properties)
-    if layer.metadata.get(PLUGIN_KEY) != mark:
-        layer.metadata = {**layer.metadata, PLUGIN_KEY: mark}
-    # placement first so the new data lands where it belongs
-    for key in ("scale", "translate"):
-        if key in properties:
-            value = properties.pop(key)
-            if not np.allclose(getattr(layer, key), value):  # each set redraws: skip no-ops
-                setattr(layer, key, value)
-    layer.data = data
-    for key, value in properties.items():
-        setattr(layer, key, value)
-    if kind == "image" and "contrast_limits" not in properties:
-        layer.reset_contrast_limits()
-    return layer
+# -- colours ------------------------------------------------------------------------
 
 
 def value_range(values: np.ndarray) -> tuple[float, float]:
@@ -250,28 +178,6 @@ def value_range(values: np.ndarray) -> tuple[float, float]:
         return 0.0, 1.0
     low, high = float(finite.min()), float(finite.max())
     return low, high if high > low else low + 1.0
-
-
-def upsert_lines(viewer, lines: np.ndarray, colors: np.ndarray, *, role: str, name: str):
-    """Create or update the plugin Shapes layer of line segments ``(K, 2, 2)`` (world)."""
-    layer = find_plugin_layer(viewer, role)
-    if layer is None:
-        layer = viewer.add_shapes(
-            name=name, metadata={PLUGIN_KEY: {"role": role}}, ndim=2, opacity=0.8
-        )
-    if layer.nshapes:
-        layer.selected_data = set(range(layer.nshapes))
-        layer.remove_selected()
-    if len(lines):
-        layer.add_lines(list(lines), edge_color=colors, edge_width=1.0)
-    return layer
-
-
-def remove_plugin_layer(viewer, role: str) -> None:
-    """Remove the plugin layer with ``role`` if there is one (never a user's layer)."""
-    layer = find_plugin_layer(viewer, role)
-    if layer is not None:
-        viewer.layers.remove(layer)
 
 
 def match_colors(ids: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QApplication
 
 from ..files.io import read_points_csv
 from ..files.sample_data import load_sample_pair, sample_paths
-from . import _layers as L
+from ._tags import find_result, results_of
 from .correspondence import CorrespondenceWidget
 from .cosegmentation import CosegmentationWidget
 
@@ -31,9 +31,9 @@ WINDOW_SIZE = (1500, 900)
 
 
 def wait_until_idle(widget, timeout: float = 600.0) -> None:
-    """Process Qt events until the widget's worker has finished."""
+    """Process Qt events until the widget has nothing computing or being shown."""
     deadline = time.monotonic() + timeout
-    while widget.runner.running:
+    while not widget.runner.idle:
         if time.monotonic() > deadline:
             raise TimeoutError("the widget's run did not finish in time")
         QApplication.processEvents()
@@ -84,59 +84,59 @@ def make_screenshots(viewer, folder: str | Path, *, model: str = "tiny") -> list
 
     matcher = CorrespondenceWidget(viewer)
     dock = viewer.window.add_dock_widget(matcher, name="Correspondence", area="right")
-    matcher.settings.model.setCurrentText(model)
-    matcher.source.set_value(source)
-    matcher.target.set_value(target)
-    matcher.n_matches.setValue(25)
-    matcher.show_lines.setChecked(True)
+    matcher.settings.model.value = model
+    matcher.source.value, matcher.target.value = source, target
+    matcher.n_matches.value = 25
+    matcher._rematch_soon.cancel()  # nothing computed yet
+    matcher.show_lines.value = True
     matcher.run()
     wait_until_idle(matcher)
-    for name in ("density", "nims", "entropy", "cycle_error"):
-        layer = L.find_plugin_layer(viewer, f"metric:{name}")
-        if layer is not None:
+    for layer in results_of(viewer, widget="correspondence", group="run"):
+        if layer.metadata["napari_corrseg"]["role"].startswith("metric:"):
             layer.visible = False
     viewer.reset_view()
     written.append(_save(viewer, folder, SCREENSHOTS[0]))
 
     # interactive query: the click the user would make on the source
-    matcher.show_lines.setChecked(False)
-    matcher.query_enabled.setChecked(True)
+    matcher.show_lines.value = False
+    wait_until_idle(matcher)
+    matcher.query_enabled.value = True
     for side in ("source", "target"):
-        L.find_plugin_layer(viewer, f"matches:{side}").visible = False
+        find_result(viewer, widget="correspondence", role=f"matches:{side}").visible = False
     matcher.query_at(np.array([100.0, 128.0]))
     written.append(_save(viewer, folder, SCREENSHOTS[1]))
-    matcher.query_enabled.setChecked(False)
-    for role in ("query:heatmap", "query:points"):
-        L.remove_plugin_layer(viewer, role)
+    matcher.query_enabled.value = False  # removes the query layers
 
     # keypoint transfer from the user's Points layer
     keypoints = _keypoints(0)
     if keypoints is not None:
         user = viewer.add_points(keypoints, name="keypoints A", face_color="yellow", size=8)
-        matcher.keypoints.set_value(user)
-        matcher.transfer_button.click()
+        matcher.keypoints.value = user
+        matcher.transfer()
+        wait_until_idle(matcher)
         written.append(_save(viewer, folder, SCREENSHOTS[2]))
         user.visible = False
-        L.find_plugin_layer(viewer, "transfer:keypoints A").visible = False
+        find_result(viewer, widget="correspondence", role="transfer").visible = False
     viewer.window.remove_dock_widget(dock)
 
     # co-segmentation of the pair, with the table of shared segments
     coseg = CosegmentationWidget(viewer)
     viewer.window.add_dock_widget(coseg, name="Co-segmentation", area="right")
-    coseg.settings.model.setCurrentText(model)
-    coseg.images.set_checked([source, target])
+    coseg.settings.model.value = model
+    coseg.images.value = [source, target]
     coseg.run()
     wait_until_idle(coseg)
     written.append(_save(viewer, folder, SCREENSHOTS[3]))
 
     # label propagation: paint a label on A (a disc), propose it on B
-    for layer in L.plugin_layers_of(viewer, "coseg:"):
+    for layer in results_of(viewer, widget="cosegmentation", role="coseg"):
         layer.visible = False
     rows, cols = np.mgrid[: first.shape[0], : first.shape[1]]
     painted = (((rows - 128) ** 2 + (cols - 110) ** 2) < 40**2).astype(np.int32) * 3
     user_labels = viewer.add_labels(painted, name="painted on A")
-    coseg.painted.set_value(user_labels)
-    coseg.painted_image.set_value(source)
-    coseg.propagate_button.click()
+    coseg.painted.value = user_labels
+    coseg.painted_image.value = source
+    coseg.propagate()
+    wait_until_idle(coseg)
     written.append(_save(viewer, folder, SCREENSHOTS[4]))
     return written

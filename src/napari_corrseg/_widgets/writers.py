@@ -16,11 +16,13 @@ from ..errors import OutputError
 from ..files.io import write_csv
 
 PLUGIN_KEY = "napari_corrseg"
+RELEASED_KEY = "napari_corrseg_released"  # a match layer the user corrected is saved too
 FEATURE_COLUMNS = ("confidence", "cycle_error", "entropy")
 
 
 def _side(meta: dict[str, Any]) -> str | None:
-    mark = (meta.get("metadata") or {}).get(PLUGIN_KEY) or {}
+    metadata = meta.get("metadata") or {}
+    mark = metadata.get(PLUGIN_KEY) or metadata.get(RELEASED_KEY) or {}
     role = mark.get("role", "") if isinstance(mark, dict) else ""
     return role.split(":", 1)[1] if role.startswith("matches:") else None
 

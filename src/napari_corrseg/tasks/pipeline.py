@@ -138,7 +138,7 @@ def match_images(
     -------
     PairResult
     """
-    from ..core.correspondence import inverse_mapping, match
+    from ..core.correspondence import inverse_mapping, match, reliability_cut
 
     source = _check_index(maps, source, "source")
     target = _check_index(maps, target, "target")
@@ -190,6 +190,7 @@ def match_images(
         ims=float(inverse.ims),
         metrics=metrics,
         min_confidence=float(found.min_confidence),
+        auto_confidence=float(reliability_cut(inverse).threshold),
     )
 
 

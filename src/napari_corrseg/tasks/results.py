@@ -83,6 +83,9 @@ class PairResult:
         target grid.
     min_confidence : float
         The confidence floor applied (with ``"auto"``: the cut chosen for this pair).
+    auto_confidence : float
+        The automatic cut of this pair (`core.correspondence.reliability_cut`), whatever
+        floor was applied: a viewer can return all matches and still start at the cut.
     """
 
     source: int
@@ -99,6 +102,7 @@ class PairResult:
     ims: float
     metrics: dict[str, MetricMap] = field(default_factory=dict)
     min_confidence: float = 0.0
+    auto_confidence: float = 0.0
 
     def __len__(self) -> int:
         return len(self.confidence)
