@@ -237,7 +237,10 @@ def test_a_killed_worker_loses_nothing(cluster, folder, tmp_path, lazy_engine):
     finally:
         client.unregister_worker_plugin(SlowWritesPlugin.name)
     assert killed and killed["fraction"] < 1  # killed mid-run
-    assert report.computed == 8 and report.reused == 0
+    # the killed worker's image is computed again, or found stored if the worker died
+    # between writing it and reporting back: either way once, and nothing is missing
+    assert report.computed + report.reused == 8 and report.recomputed == 0
+    assert report.computed >= 7
     assert sorted(store.keys()) == sorted(set(expected.keys))
     assert all(store.verify(key) for key in report.keys)
     for (qa, ka), (qb, kb) in zip(

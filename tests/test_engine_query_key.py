@@ -38,7 +38,8 @@ def test_shapes_geometry_and_unscaled_queries(tiny_engine, extracted, images):
         assert queries.dtype == np.float32
         assert geometry.image_shape == image.shape[:2] and geometry.grid == (16, 16)
     # unscaled: 1/sqrt(16) = 0.25 applied by the backend reproduces the engine exactly
-    dense = tiny_engine.extract(images, pairs="all")
+    # (one image per pass in both: the CPU default of extract_query_key)
+    dense = tiny_engine.extract(images, pairs="all", batch_size=1)
     backend = tiny_engine.attention_backend
     for i, j in [(0, 0), (0, 1), (1, 0), (2, 1)]:
         formed = backend(extracted[i][0], extracted[j][1])
@@ -68,7 +69,7 @@ def test_maps_from_the_store_match_the_dense_maps(tmp_path, tiny_engine, extract
     for key, (queries, key_tokens, geometry) in zip(keys, extracted, strict=True):
         store.write(key, queries, key_tokens, geometry)
     maps = store.maps(keys, backend=tiny_engine.attention_backend)
-    dense = tiny_engine.extract(images, pairs="all")
+    dense = tiny_engine.extract(images, pairs="all", batch_size=1)
     assert maps.grid == dense.grid and maps.geometries == dense.geometries
     worst, agreement = 0.0, []
     for i in range(3):

@@ -21,6 +21,7 @@ This module imports neither torch nor Qt (the workers import the engine).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -338,13 +339,14 @@ class DaskScheduler:
             default = gpus or max(1, cores // LOCAL_CORES_PER_WORKER)
             n_workers = spec.n_workers or default
             threads = max(1, cores // n_workers) if not gpus else None
-            cluster = LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
+            with _environment_kept():  # distributed leaves OMP_NUM_THREADS=1 etc. set here
+                cluster = LocalCluster(
+                    n_workers=n_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
             client = Client(cluster, set_as_default=False)
         else:
             try:
@@ -385,7 +387,8 @@ class DaskScheduler:
             self.client.close()
         finally:
             if self.cluster is not None:
-                self.cluster.close()
+                with _environment_kept():
+                    self.cluster.close()
 
     @property
     def n_workers(self) -> int:
@@ -426,6 +429,25 @@ class DaskScheduler:
     def mapper(self, store, keys, *, progress=None, cancel=None) -> DaskMapper:
         """The ``mapper`` that runs cross-map stages on the workers."""
         return DaskMapper(self, store, keys, progress, cancel)
+
+
+#: The environment before any cluster started (workers restarted later set it again).
+_ENVIRONMENT: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def _environment_kept():
+    """Undo what starting worker processes writes into this process's environment
+    (``distributed.nanny.pre-spawn-environ``: ``OMP_NUM_THREADS=1`` and the like, which
+    would slow every process this one starts later)."""
+    if not _ENVIRONMENT:
+        _ENVIRONMENT.update(os.environ)
+    try:
+        yield
+    finally:
+        for name in [name for name in os.environ if name not in _ENVIRONMENT]:
+            del os.environ[name]
+        os.environ.update(_ENVIRONMENT)
 
 
 def _gpu_count(device: str) -> int:
