@@ -14,7 +14,8 @@ Each case writes a fresh store. Reported: the fill's wall time (model loading an
 cluster start reported apart), time per image, throughput relative to ``none``, peak
 resident memory of each worker, the store's size per image (apparent and on disk), and
 the float16 cost: maps formed from the stored float16 tokens against the float32 tokens
-they were rounded from. Results go to ``benchmarks/results/collection_extract.md``.
+they were rounded from. Results go to ``benchmarks/results/collection_extract.md`` (the
+hand-written notes after the table are kept: everything from ``## Notes`` on).
 
 Usage: ``python benchmarks/bench_collection_extract.py [--images 4]``; ``--tiny`` runs the
 same steps on the tiny model in seconds (to check the script, not to measure), writing
@@ -200,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     load = os.getloadavg()
     text = _table(results, args.images, apparent, on_disk, fp16, load)
-    if not args.tiny:
-        RESULTS.write_text(text)
+    if not args.tiny:  # the hand-written notes (from "## Notes" on) are kept
+        old = RESULTS.read_text() if RESULTS.is_file() else ""
+        notes = old[old.index("## Notes") :] if "## Notes" in old else ""
+        RESULTS.write_text(text + ("\n" + notes if notes else ""))
     print(text)
     return 0
 

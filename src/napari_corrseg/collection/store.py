@@ -476,6 +476,15 @@ class TokenStore:
                 raise
             raise DamagedEntryError(key, f"bad geometry: {error}") from None
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        """``(L, H, N, d)`` of the stored queries (metadata only)."""
+        try:
+            return tuple(int(v) for v in self._attrs(key)["shape"])
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, KeyError) and "no token store entry" in str(error):
+                raise
+            raise DamagedEntryError(key, f"bad shape: {error}") from None
+
     def name(self, key: str) -> str | None:
         """The name the image was stored under, if any."""
         return self._attrs(key).get("name")

@@ -41,6 +41,7 @@ from .results import grid_labels_to_pixels
 
 __all__ = [
     "CollectionImages",
+    "check_engine",
     "collect_images",
     "cosegment_collection",
     "fill_store",
@@ -204,6 +205,11 @@ def open_store(
     return TokenStore(path, settings)
 
 
+def check_engine(store: TokenStore, engine: Any) -> None:
+    """Raise `CorrsegError` unless ``engine`` computes what ``store`` holds."""
+    _check_engine(store, engine)
+
+
 def _check_engine(store: TokenStore, engine: Any) -> None:
     wanted = store_settings(
         dict(engine.identity),
@@ -222,7 +228,7 @@ def _check_engine(store: TokenStore, engine: Any) -> None:
 def _bytes_per_image(store: TokenStore, present: Sequence[str], shape_of: Callable) -> int:
     for key in present:
         try:
-            return TokenStore.estimate_bytes(1, store._attrs(key)["shape"])
+            return TokenStore.estimate_bytes(1, store.shape(key))
         except Exception:  # a damaged entry says nothing; try the next
             continue
     return TokenStore.estimate_bytes(1, shape_of(store.settings["layers"]))

@@ -197,7 +197,10 @@ def _fill_task(store, items: Sequence[tuple[str, Any, str]], batch_size: int | N
     todo = [item for item in items if item[0] not in statuses]
     if not todo:
         return statuses
+    from .collection import check_engine
+
     engine = worker_engine()
+    check_engine(store, engine)  # a worker with another model must not fill this store
     arrays = [read_image(src) if isinstance(src, str) else np.asarray(src) for _, src, _ in todo]
     settings = store.settings
     for position, queries, keys, geometry in engine.iter_query_key(
