@@ -49,7 +49,9 @@ def _cli(*args) -> tuple[int, str]:
 
 
 def _entries(store: Path) -> int:
-    return len(list(store.glob("s-*/??/*/zarr.json")))  # hidden partial folders excluded
+    """Complete entries: not the hidden folders a writer is still filling."""
+    found = store.glob("s-*/??/*/zarr.json")
+    return sum(1 for path in found if not path.parent.name.startswith("."))
 
 
 _SLOW_CLI = """

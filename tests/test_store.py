@@ -92,9 +92,9 @@ def test_a_killed_writer_leaves_nothing_a_reader_sees(tmp_path):
     shard = store.root / key[:2]
     shard.mkdir(parents=True)
     # what a writer SIGKILLed mid-write leaves: a hidden, half-written sibling
-    from napari_corrseg.collection import store as store_module
+    from napari_corrseg.collection.store_entries import HOST
 
-    partial = shard / f".{key}.{store_module._HOST}.{2**22 + 12345}.abcd1234.partial"
+    partial = shard / f".{key}.{HOST}.{2**22 + 12345}.abcd1234.partial"
     (partial / "queries").mkdir(parents=True)
     (partial / "zarr.json").write_text("{")
     assert not store.has(key) and store.missing([key]) == [key] and len(store) == 0
@@ -103,7 +103,7 @@ def test_a_killed_writer_leaves_nothing_a_reader_sees(tmp_path):
     assert store.remove_stale_partials() == 1  # its writer (that pid) is gone
     assert not partial.exists()
     # a live writer's folder is left alone
-    live = shard / f".{key}.{store_module._HOST}.{os.getpid()}.abcd1234.partial"
+    live = shard / f".{key}.{HOST}.{os.getpid()}.abcd1234.partial"
     live.mkdir()
     assert store.remove_stale_partials() == 0 and live.exists()
 

@@ -30,9 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -43,9 +41,25 @@ from typing import Any
 
 import numpy as np
 
-from ..core.images import prepare_image
 from ..core.maps import AttentionMaps, ImageGeometry
-from ..errors import CorrsegError
+from .store_entries import (
+    ENTRY_OVERHEAD_BYTES,
+    HOST,
+    KEY_PATTERN,
+    MARKER,
+    STORE_FORMAT_VERSION,
+    DamagedEntryError,
+    StoreError,
+    canonical_json,
+    content_checksum,
+    image_key,
+    read_group,
+    stale_partial,
+    store_settings,
+    tokens_for_storage,
+    write_group,
+    write_json_atomic,
+)
 
 __all__ = [
     "STORE_FORMAT_VERSION",
@@ -55,126 +69,6 @@ __all__ = [
     "image_key",
     "store_settings",
 ]
-
-#: Bump when the meaning or layout of a stored entry changes.
-STORE_FORMAT_VERSION = 1
-MARKER = "napari-corrseg-store.json"
-#: Bytes of an entry beyond its arrays: three small zarr.json files (apparent size).
-ENTRY_OVERHEAD_BYTES = 1500
-_KEY = re.compile(r"[0-9a-f]{16,64}")
-_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
-
-
-class StoreError(CorrsegError):
-    """The store folder cannot be used (not a store, unwritable, wrong settings)."""
-
-
-class DamagedEntryError(StoreError):
-    """A stored entry failed its checksum or cannot be read; it must be recomputed."""
-
-    def __init__(self, key: str, reason: str):
-        super().__init__(
-            f"token store entry {key[:12]} is damaged ({reason}); run the command again: "
-            "damaged entries are recomputed"
-        )
-        self.key = key
-        self.reason = reason
-
-    def __reduce__(self):  # picklable with both arguments (Dask sends errors back)
-        return (type(self), (self.key, self.reason))
-
-
-def _canonical(value: Any) -> Any:
-    """JSON-stable form: tuples to lists, numpy scalars to Python, keys sorted."""
-    return json.loads(json.dumps(value, sort_keys=True, default=_plain_scalar))
-
-
-def _plain_scalar(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"store settings must be JSON-able, got {type(value).__name__}")
-
-
-def store_settings(
-    identity: dict[str, Any],
-    image_size: int,
-    *,
-    layers: Any = "auto",
-    timestep: int = 261,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Everything besides the image that determines an entry, as a JSON-able dict.
-
-    Parameters
-    ----------
-    identity : dict
-        ``engine.identity``: model id and revision or file hash, dtype, encoder.
-    image_size : int
-        The model's input side in pixels.
-    layers : "auto", int or list
-        The layer choice as given (``"auto"``, a grid side, or names): with the model
-        identity it fixes the layers, so the model need not be loaded to name them.
-    timestep, seed : int
-        Noise timestep and seed.
-
-    Returns
-    -------
-    dict
-    """
-    if isinstance(layers, tuple):
-        layers = list(layers)
-    return _canonical(
-        {
-            "model": dict(identity),
-            "image_size": int(image_size),
-            "layers": layers,
-            "timestep": int(timestep),
-            "seed": int(seed),
-            "prompt": "",
-            "queries": "unscaled",
-            "dtype": "float16",
-            "store_format_version": STORE_FORMAT_VERSION,
-        }
-    )
-
-
-def image_key(image: np.ndarray) -> str:
-    """Content key of an image: SHA-256 of its prepared pixels (what the engine sees).
-
-    Two arrays that prepare to the same pixels (e.g. the same picture as uint8 and as
-    float in [0, 1]) share a key; any change of a pixel gives a new one.
-    """
-    prepared = np.ascontiguousarray(prepare_image(image))
-    digest = hashlib.sha256(f"{prepared.dtype.str}{prepared.shape}".encode())
-    digest.update(prepared.tobytes())
-    return digest.hexdigest()
-
-
-def _checksum(queries: np.ndarray, keys: np.ndarray, geometry: dict[str, Any]) -> str:
-    digest = hashlib.sha256(b"napari-corrseg tokens v1\0")
-    digest.update(json.dumps([list(queries.shape), queries.dtype.str]).encode())
-    digest.update(np.ascontiguousarray(queries).tobytes())
-    digest.update(np.ascontiguousarray(keys).tobytes())
-    digest.update(json.dumps(geometry, sort_keys=True).encode())
-    return digest.hexdigest()
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    partial.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(partial, path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class TokenStore:
@@ -198,7 +92,7 @@ class TokenStore:
 
     def __init__(self, path: str | Path, settings: dict[str, Any], *, read_cache: int = 4):
         self.path = Path(path).expanduser()
-        self.settings = _canonical(dict(settings))
+        self.settings = canonical_json(dict(settings))
         text = json.dumps(self.settings, sort_keys=True)
         self.settings_digest = hashlib.sha256(text.encode()).hexdigest()[:24]
         self.root = self.path / f"s-{self.settings_digest}"
@@ -226,14 +120,14 @@ class TokenStore:
                         f"folder {path} is not a napari-corrseg token store (it holds "
                         f"{others[0]!r}); choose an empty or new folder for --store"
                     )
-                _write_json_atomic(
+                write_json_atomic(
                     path / MARKER,
                     {"tool": "napari-corrseg", "kind": "token store", "format": 1},
                 )
             self.root.mkdir(exist_ok=True)
             settings_file = self.root / "settings.json"
             if not settings_file.is_file():
-                _write_json_atomic(settings_file, self.settings)
+                write_json_atomic(settings_file, self.settings)
         except OSError as error:
             raise StoreError(
                 f"cannot use token store {path}: {error.strerror or error}; choose a "
@@ -245,7 +139,7 @@ class TokenStore:
     image_key = staticmethod(image_key)
 
     def _entry(self, key: str) -> Path:
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
+        if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
             raise ValueError(f"not a token store key: {key!r} (use TokenStore.image_key)")
         return self.root / key[:2] / key
 
@@ -270,7 +164,7 @@ class TokenStore:
         for shard in self.root.iterdir():
             if shard.is_dir() and len(shard.name) == 2:
                 for entry in shard.iterdir():
-                    if _KEY.fullmatch(entry.name) and (entry / "zarr.json").is_file():
+                    if KEY_PATTERN.fullmatch(entry.name) and (entry / "zarr.json").is_file():
                         yield entry.name
 
     def __len__(self) -> int:
@@ -339,15 +233,15 @@ class TokenStore:
             (written meanwhile by another process: same content, so nothing is lost).
         """
         target = self._entry(key)
-        queries16, keys16 = self._check_arrays(queries, keys, geometry)
-        geometry_dict = _canonical(geometry.to_dict())
+        queries16, keys16 = tokens_for_storage(queries, keys, geometry)
+        geometry_dict = canonical_json(geometry.to_dict())
         attrs = {
             "napari_corrseg": {
                 "geometry": geometry_dict,
                 "name": None if name is None else str(name),
                 "shape": list(queries16.shape),
                 "dtype": "float16",
-                "checksum": _checksum(queries16, keys16, geometry_dict),
+                "checksum": content_checksum(queries16, keys16, geometry_dict),
                 "settings_digest": self.settings_digest,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "store_format_version": STORE_FORMAT_VERSION,
@@ -356,9 +250,9 @@ class TokenStore:
         if self.has(key):
             return False
         target.parent.mkdir(exist_ok=True)
-        partial = target.parent / f".{key}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+        partial = target.parent / f".{key}.{HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
         try:
-            self._write_group(partial, queries16, keys16, attrs)
+            write_group(partial, queries16, keys16, attrs)
             try:
                 os.rename(partial, target)
             except OSError:
@@ -373,40 +267,6 @@ class TokenStore:
             if partial.exists():
                 shutil.rmtree(partial, ignore_errors=True)
         return True
-
-    @staticmethod
-    def _check_arrays(queries, keys, geometry: ImageGeometry):
-        queries, keys = np.asarray(queries), np.asarray(keys)
-        if queries.ndim == 3:
-            queries, keys = queries[None], keys[None]
-        if queries.ndim != 4 or queries.shape != keys.shape:
-            raise ValueError(
-                f"queries and keys must both be (L, H, N, d), got {queries.shape} and {keys.shape}"
-            )
-        n_tokens = int(geometry.grid[0]) * int(geometry.grid[1])
-        if queries.shape[2] != n_tokens:
-            raise ValueError(
-                f"queries hold {queries.shape[2]} tokens but the grid {tuple(geometry.grid)} "
-                f"has {n_tokens}"
-            )
-        with np.errstate(over="ignore"):  # reported below, as a ValueError
-            queries16, keys16 = queries.astype(np.float16), keys.astype(np.float16)
-        if not (np.isfinite(queries16).all() and np.isfinite(keys16).all()):
-            raise ValueError("queries or keys are not finite in float16 (NaN or beyond 65504)")
-        return queries16, keys16
-
-    @staticmethod
-    def _write_group(folder: Path, queries16, keys16, attrs) -> None:
-        import zarr
-        from zarr.storage import LocalStore
-
-        group = zarr.open_group(store=LocalStore(folder), mode="w", zarr_format=3)
-        chunks = (1, *queries16.shape[1:])  # one chunk per layer
-        group.create_array("queries", data=queries16, chunks=chunks, compressors=None)
-        group.create_array("keys", data=keys16, chunks=chunks, compressors=None)
-        # attributes (with the checksum) last: zarr.json of the group is rewritten, so an
-        # entry is only ever renamed into place with its checksum in it
-        group.attrs.update(attrs)
 
     def discard(self, key: str) -> None:
         """Remove an entry (atomically: renamed aside first, then deleted)."""
@@ -436,21 +296,7 @@ class TokenStore:
             if not shard.is_dir():
                 continue
             for entry in shard.iterdir():
-                name = entry.name
-                if not (name.startswith(".") and name.endswith((".partial", ".removed"))):
-                    continue
-                parts = name[1:].split(".")
-                try:
-                    age = now - entry.stat().st_mtime
-                except OSError:
-                    continue
-                dead = (
-                    len(parts) == 5
-                    and parts[1] == _HOST
-                    and parts[2].isdigit()
-                    and not _pid_alive(int(parts[2]))
-                )
-                if dead or name.endswith(".removed") or age > max_age_s:
+                if stale_partial(entry, now, max_age_s):
                     shutil.rmtree(entry, ignore_errors=True)
                     removed += 1
         return removed
@@ -512,21 +358,14 @@ class TokenStore:
                 return hit
         attrs = self._attrs(key)
         try:
-            import zarr
-            from zarr.storage import LocalStore
-
-            group = zarr.open_group(
-                store=LocalStore(self._entry(key), read_only=True), mode="r", zarr_format=3
-            )
-            queries = np.asarray(group["queries"][...])
-            keys = np.asarray(group["keys"][...])
+            queries, keys = read_group(self._entry(key))
             geometry_dict = attrs["geometry"]
             expected = attrs["checksum"]
         except Exception as error:  # any decoder/IO failure means a damaged entry
             raise DamagedEntryError(key, f"{type(error).__name__}: {error}") from None
         if queries.dtype != np.float16 or list(queries.shape) != attrs.get("shape"):
             raise DamagedEntryError(key, f"unexpected array {queries.dtype} {queries.shape}")
-        if _checksum(queries, keys, geometry_dict) != expected:
+        if content_checksum(queries, keys, geometry_dict) != expected:
             raise DamagedEntryError(key, "checksum mismatch")
         queries.flags.writeable = False
         keys.flags.writeable = False

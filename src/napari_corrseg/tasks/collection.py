@@ -19,28 +19,29 @@ This module imports neither torch nor Qt: the engine is passed in as an object.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..collection.store import TokenStore, image_key, store_settings
-from ..errors import Cancelled, CorrsegError, InputImageError
-from .collection_results import (
-    CollectionCosegmentationResult,
-    CollectionLabels,
-    CollectionPoints,
-    CollectionTransferResult,
-    FillPlan,
-    FillReport,
+from ..collection.store import TokenStore, store_settings
+from ..errors import CorrsegError
+from .collection_inputs import (
+    Cancel,
+    CollectionImages,
+    Progress,
+    checked_progress,
+    collect_images,
+    list_image_files,
+    unique_names,
 )
-from .results import grid_labels_to_pixels
+from .collection_results import FillPlan, FillReport
 
 __all__ = [
     "CollectionImages",
+    "LocalMapper",
     "check_engine",
     "collect_images",
     "cosegment_collection",
@@ -51,144 +52,9 @@ __all__ = [
     "unique_names",
 ]
 
-Progress = Callable[[str, float], None]
-Cancel = Callable[[], bool]
 #: Images handed to the engine at once in process (each pass's entries are written at
 #: once, so an interrupted run loses at most one chunk's passes).
 CHUNK_IMAGES = 8
-
-
-def _checker(progress: Progress | None, cancel: Cancel | None, what: str) -> Progress:
-    def report(stage: str, fraction: float) -> None:
-        if progress is not None:
-            progress(stage, float(fraction))
-        if cancel is not None and cancel():
-            raise Cancelled(f"{what} was cancelled")
-
-    return report
-
-
-def list_image_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files of the given files and folders (a folder: its images, sorted by name,
-    not recursive), in order, each once.
-
-    Raises
-    ------
-    InputImageError
-        A path that does not exist, or a folder holding no image files.
-    """
-    from ..files.io import IMAGE_SUFFIXES
-
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.iterdir()
-                if p.is_file()
-                and not p.name.startswith(".")
-                and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
-                raise InputImageError(
-                    f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
-                    "point to a folder of images or list the image files"
-                )
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise InputImageError(f"image or folder {path} does not exist; check the path")
-    unique, seen = [], set()
-    for path in files:
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
-            unique.append(path)
-    return unique
-
-
-def unique_names(paths: Sequence[str | Path]) -> list[str]:
-    """File stems, made unique (``a``, ``a-2``, ...), for naming per-image outputs."""
-    names, used = [], set()
-    for path in paths:
-        stem = Path(path).stem or "image"
-        name, n = stem, 1
-        while name in used:
-            n += 1
-            name = f"{stem}-{n}"
-        used.add(name)
-        names.append(name)
-    return names
-
-
-@dataclasses.dataclass
-class CollectionImages:
-    """A collection's images as keys, names and where to get the pixels again."""
-
-    keys: list[str]
-    names: list[str]
-    shapes: list[tuple[int, int]]
-    sources: list[Any]  # Path (read again when needed) or the array itself
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def load(self, index: int) -> np.ndarray:
-        """The pixels of image ``index``."""
-        source = self.sources[index]
-        if isinstance(source, str | Path):
-            from ..files.io import read_image
-
-            return read_image(source)
-        return np.asarray(source)
-
-
-def collect_images(
-    images: Sequence[np.ndarray | str | Path] | CollectionImages,
-    names: Sequence[str] | None = None,
-    *,
-    progress: Progress | None = None,
-    cancel: Cancel | None = None,
-) -> CollectionImages:
-    """Read (files) or take (arrays) each image once to key it by content.
-
-    Files are not kept in memory; they are read again when computed.
-
-    Raises
-    ------
-    InputImageError
-        No images, an unreadable file (named), or an unusable array.
-    """
-    if isinstance(images, CollectionImages):
-        return images
-    images = list(images)
-    if not images:
-        raise InputImageError("no images given; pass image files, a folder or arrays")
-    if names is None:
-        paths = [
-            im if isinstance(im, str | Path) else f"image_{k:04d}" for k, im in enumerate(images)
-        ]
-        names = unique_names(paths)
-    elif len(names) != len(images):
-        raise ValueError(f"{len(names)} names for {len(images)} images")
-    report = _checker(progress, cancel, "reading the images")
-    keys, shapes, sources = [], [], []
-    for index, item in enumerate(images):
-        if isinstance(item, str | Path):
-            from ..files.io import read_image
-
-            array, source = read_image(item), Path(item)
-        else:
-            array = source = np.asarray(item)
-        try:
-            keys.append(image_key(array))
-        except InputImageError as error:
-            raise InputImageError(f"{names[index]}: {error}") from None
-        shapes.append(tuple(int(v) for v in array.shape[:2]))
-        sources.append(source)
-        report("read", (index + 1) / len(images))
-    return CollectionImages(keys, list(names), shapes, sources)
 
 
 def open_store(
@@ -277,7 +143,7 @@ def fill_store(
     FillReport
     """
     collection = collect_images(images, names, progress=progress, cancel=cancel)
-    report = _checker(progress, cancel, "extraction")
+    report = checked_progress(progress, cancel, "extraction")
     store.remove_stale_partials()
     first: dict[str, int] = {}
     for index, key in enumerate(collection.keys):
@@ -364,252 +230,9 @@ def _fill_in_process(store, collection, items, engine, batch_size, report, cance
     return statuses
 
 
-class LocalMapper:
-    """``mapper(fn, argument_tuples)``: ``fn(maps, *args)`` for each, in process, with
-    progress and cancel between calls (what `cosegment_collection` passes without Dask)."""
-
-    def __init__(self, maps: Any, progress: Progress | None = None, cancel: Cancel | None = None):
-        self.maps = maps
-        self.report = _checker(progress, cancel, "the collection run")
-
-    def __call__(self, fn: Callable, arguments: Sequence[tuple]) -> list:
-        arguments = list(arguments)
-        results = []
-        for done, args in enumerate(arguments):
-            results.append(fn(self.maps, *args))
-            self.report("cross maps", (done + 1) / max(1, len(arguments)))
-        return results
-
-
-def _maps_and_mapper(store, keys, scheduler, backend, progress, cancel):
-    maps = store.maps(keys, backend=backend)
-    if scheduler is not None:
-        mapper = scheduler.mapper(store, keys, progress=progress, cancel=cancel)
-    else:
-        mapper = LocalMapper(maps, progress, cancel)
-    return maps, mapper
-
-
-def _names(keys: Sequence[str], names: Sequence[str] | None) -> list[str]:
-    if names is None:
-        return [f"image_{k:04d}" for k in range(len(keys))]
-    if len(names) != len(keys):
-        raise ValueError(f"{len(names)} names for {len(keys)} images")
-    return list(names)
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def cosegment_collection(
-    store: TokenStore,
-    keys: Sequence[str],
-    *,
-    names: Sequence[str] | None = None,
-    threshold: float | str = "auto",
-    scheduler: Any = None,
-    backend: Any = None,
-    progress: Progress | None = None,
-    cancel: Cancel | None = None,
-) -> CollectionCosegmentationResult:
-    """Co-segment stored images: ids agree across the collection; cost linear in n.
-
-    Parameters
-    ----------
-    store : TokenStore
-        Holding every image (see `fill_store`).
-    keys : sequence of str
-        The images, in collection order (``FillReport.keys``).
-    names : sequence of str, optional
-        Per image, for the result.
-    threshold : float or "auto"
-        Merge threshold of the co-segmentation.
-    scheduler : DaskScheduler, optional
-        Run the cross-map stages on Dask workers.
-    backend : callable, optional
-        Attention backend in process (e.g. ``engine.attention_backend``).
-    progress, cancel : callable, optional
-
-    Returns
-    -------
-    CollectionCosegmentationResult
-    """
-    from ..collection import cosegment as cosegment_module
-
-    keys = list(keys)
-    if len(keys) < 2:
-        raise CorrsegError("co-segmentation needs at least two images")
-    report = _checker(progress, cancel, "co-segmentation")
-    maps, mapper = _maps_and_mapper(store, keys, scheduler, backend, progress, cancel)
-    result = cosegment_module.cosegment(maps, threshold=threshold, mapper=mapper, progress=report)
-    geometries = list(maps.geometries)
-    labels_grid = [np.asarray(labels) for labels in result.labels]
-    labels = [grid_labels_to_pixels(lg, g) for lg, g in zip(labels_grid, geometries, strict=True)]
-    segments = [_jsonable(record) for record in result.segments]
-    consistency = {
-        int(s["id"]): float(s["consistency"]) if s.get("consistency") is not None else 0.0
-        for s in segments
-    }
-    scores = getattr(result, "image_scores", None)
-    if scores is None:  # mean consistency of each image's tokens; single-image parts 0
-        scores = [
-            float(np.mean([consistency.get(int(v), 0.0) for v in lg.ravel()]))
-            for lg in labels_grid
-        ]
-    ranking = sorted(((i, float(s)) for i, s in enumerate(scores)), key=lambda item: item[1])
-    return CollectionCosegmentationResult(
-        names=_names(keys, names),
-        labels_grid=labels_grid,
-        labels=labels,
-        segments=segments,
-        unmatched=_jsonable(list(getattr(result, "unmatched", []))),
-        threshold=float(getattr(result, "threshold", np.nan)),
-        geometries=geometries,
-        ranking=ranking,
-    )
-
-
-def _field(record: Any, name: str, position: int) -> Any:
-    if hasattr(record, name):
-        return getattr(record, name)
-    if isinstance(record, Mapping):
-        return record[name]
-    return record[position]
-
-
-def _check_sources(maps, keypoints, labels) -> tuple[dict, dict]:
-    grid_points, pixel_labels = {}, {}
-    counts = set()
-    for source, points in (keypoints or {}).items():
-        source = int(source)
-        if not 0 <= source < maps.n_images:
-            raise CorrsegError(f"source image {source} is not in the collection")
-        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        height, width = maps.geometries[source].image_shape
-        marked = np.isfinite(points).all(axis=1)
-        inside = (points[marked] >= -0.5).all(axis=1) & (
-            points[marked] <= np.array([height, width]) - 0.5
-        ).all(axis=1)
-        if not inside.all():
-            row, col = points[marked][np.argmin(inside)]
-            raise InputImageError(
-                f"keypoint ({row:g}, {col:g}) lies outside the source image of "
-                f"{height}x{width} pixels; coordinates are (row, col) pixels"
-            )
-        counts.add(len(points))
-        grid_points[source] = maps.geometries[source].pixel_to_grid(points)
-    if len(counts) > 1:
-        raise CorrsegError(f"source images mark different numbers of keypoints: {sorted(counts)}")
-    for source, painted in (labels or {}).items():
-        source = int(source)
-        painted = np.asarray(painted)
-        shape = tuple(maps.geometries[source].image_shape)
-        if painted.shape != shape or painted.dtype.kind not in "iub":
-            raise InputImageError(
-                f"labels of source image {source} must be integer {shape}, got "
-                f"{painted.dtype} {painted.shape}; paint them on that image"
-            )
-        pixel_labels[source] = painted
-    if not grid_points and not pixel_labels:
-        raise CorrsegError("nothing to transfer: give keypoints or labels of a source image")
-    return grid_points, pixel_labels
-
-
-def transfer_over_collection(
-    store: TokenStore,
-    keys: Sequence[str],
-    *,
-    keypoints: Mapping[int, np.ndarray] | None = None,
-    labels: Mapping[int, np.ndarray] | None = None,
-    targets: Sequence[int] | None = None,
-    names: Sequence[str] | None = None,
-    scheduler: Any = None,
-    backend: Any = None,
-    progress: Progress | None = None,
-    cancel: Cancel | None = None,
-) -> CollectionTransferResult:
-    """Carry keypoints and painted labels of annotated images to every other image.
-
-    Parameters
-    ----------
-    store : TokenStore
-        Holding every image.
-    keys : sequence of str
-        The images, in collection order.
-    keypoints : dict, optional
-        ``{source image: (P, 2) (row, col) pixels}``; row k is the same keypoint on
-        every source, NaN where it is not marked on that source.
-    labels : dict, optional
-        ``{source image: (H, W) integer labels}`` painted on its pixels (0 = none).
-    targets : sequence of int, optional
-        Images to carry them to (default: every image that is not a source).
-    names, scheduler, backend, progress, cancel
-        As for `cosegment_collection`.
-
-    Returns
-    -------
-    CollectionTransferResult
-        In each target's pixels, each point and label with a confidence and the source
-        it came from; ``ranking`` least confident first.
-    """
-    from ..collection import transfer as transfer_module
-
-    keys = list(keys)
-    report = _checker(progress, cancel, "transfer")
-    maps, mapper = _maps_and_mapper(store, keys, scheduler, backend, progress, cancel)
-    grid_points, pixel_labels = _check_sources(maps, keypoints, labels)
-    sources = sorted(set(grid_points) | set(pixel_labels))
-    if targets is None:
-        targets = [i for i in range(len(keys)) if i not in sources]
-    targets = [int(t) for t in targets]
-    result = transfer_module.transfer_collection(
-        maps,
-        keypoints=grid_points or None,
-        labels=pixel_labels or None,
-        targets=targets,
-        mapper=mapper,
-        progress=report,
-    )
-    geometries = maps.geometries
-    points = {}
-    for target, record in (getattr(result, "points", None) or {}).items():
-        target = int(target)
-        grid = np.asarray(_field(record, "target", 0), dtype=np.float64).reshape(-1, 2)
-        points[target] = CollectionPoints(
-            image=target,
-            points=geometries[target].grid_to_pixel(grid),
-            points_grid=grid,
-            confidence=np.asarray(_field(record, "confidence", 1), dtype=np.float64),
-            source=np.asarray(_field(record, "source", 2)).astype(np.int64),
-            cycle_error=np.asarray(_field(record, "cycle_error", 3), dtype=np.float64),
-            geometry=geometries[target],
-        )
-    carried = {}
-    for target, record in (getattr(result, "labels", None) or {}).items():
-        target = int(target)
-        labels_grid = np.asarray(_field(record, "labels", 0))
-        confidence_grid = np.asarray(_field(record, "confidence", 1), dtype=np.float64)
-        carried[target] = CollectionLabels(
-            image=target,
-            labels=grid_labels_to_pixels(labels_grid, geometries[target]),
-            confidence=grid_labels_to_pixels(confidence_grid, geometries[target]),
-            labels_grid=labels_grid,
-            confidence_grid=confidence_grid,
-            source=_jsonable(_field(record, "source", 2)),
-            geometry=geometries[target],
-        )
-    ranking = [(int(i), float(s)) for i, s in getattr(result, "ranking", [])]
-    return CollectionTransferResult(_names(keys, names), sources, points, carried, ranking)
+# the collection tasks that read the store live beside this module; one import for callers
+from .collection_maps import (  # noqa: E402
+    LocalMapper,
+    cosegment_collection,
+    transfer_over_collection,
+)

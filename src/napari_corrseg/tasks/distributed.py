@@ -6,7 +6,8 @@
 * an address (``tcp://host:8786``): a running cluster whose workers see the same store
   folder (a shared file system) and the model.
 
-The model is loaded once per worker by `EnginePlugin` (registered with
+The model is loaded once per worker by `EnginePlugin`
+(`napari_corrseg.tasks.dask_worker`, registered with
 ``Client.register_plugin``, so a worker that is restarted, e.g. after being killed, loads
 it again), never shipped with a task. Tasks get the store (its path and settings) and
 image keys with the files to read, never arrays (arrays given to the library are
@@ -26,17 +27,21 @@ import hashlib
 import logging
 import os
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distributed import WorkerPlugin
-
 from ..errors import Cancelled, CorrsegError
+from .dask_worker import (
+    PLUGIN_NAME,
+    EnginePlugin,
+    EngineSpec,
+    fill_task,
+    shape_task,
+    stage_task,
+)
 
 __all__ = [
     "LOCAL_CORES_PER_WORKER",
@@ -52,7 +57,6 @@ __all__ = [
 
 #: CPU cores per worker of ``--scheduler local`` without GPUs.
 LOCAL_CORES_PER_WORKER = 4
-PLUGIN_NAME = "napari-corrseg-engine"
 _ADDRESS = re.compile(r"(tcp|tls|inproc|ucx|ws|wss)://\S+|[A-Za-z0-9_.-]+:\d+")
 _SCHEDULER_HELP = (
     "--scheduler must be 'none', 'local', 'local:N' (N workers) or the address of a "
@@ -95,144 +99,6 @@ def parse_scheduler(text: str | None) -> SchedulerSpec:
     if _ADDRESS.fullmatch(value):
         return SchedulerSpec("address", address=value if "://" in value else f"tcp://{value}")
     raise SchedulerError(f"{_SCHEDULER_HELP}; got {value!r}")
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """How a worker loads the engine: ``load_engine(model, device, dtype, **options)``.
-
-    Picklable and small: this, not the model, is what travels to the workers.
-    """
-
-    model: str = "auto"
-    device: str = "auto"
-    dtype: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __call__(self, device: str | None = None):
-        from ..engine import load_engine
-
-        return load_engine(self.model, device or self.device, self.dtype, **self.options)
-
-
-def _worker_device(requested: str, worker: Any) -> str:
-    """``cuda:k`` for the k-th worker when several GPUs are visible; else as requested."""
-    import torch
-
-    if requested not in ("auto", "cuda") or not torch.cuda.is_available():
-        return requested
-    count = torch.cuda.device_count()
-    name = str(getattr(worker, "name", "0"))
-    index = int(name) if name.isdigit() else int(hashlib.sha256(name.encode()).hexdigest(), 16)
-    return f"cuda:{index % count}"
-
-
-class EnginePlugin(WorkerPlugin):
-    """Loads the engine once when a worker starts; tasks find it with `worker_engine`.
-
-    Parameters
-    ----------
-    factory : callable
-        ``factory(device) -> Engine`` (e.g. an `EngineSpec`); called on the worker.
-    device : str
-        Requested device; with several GPUs each worker takes its own.
-    threads : int, optional
-        torch threads of the worker (Dask starts workers with one).
-    """
-
-    name = PLUGIN_NAME
-
-    def __init__(
-        self, factory: Callable[[str], Any], device: str = "auto", threads: int | None = None
-    ):
-        self.factory = factory
-        self.device = device
-        self.threads = threads
-        self.engine = None
-        self.maps_cache: OrderedDict = OrderedDict()
-        self.lock = threading.Lock()
-
-    def setup(self, worker: Any) -> None:
-        import torch
-
-        if self.threads:
-            torch.set_num_threads(int(self.threads))
-        self.engine = self.factory(_worker_device(self.device, worker))
-
-    def teardown(self, worker: Any) -> None:
-        self.engine = None
-        self.maps_cache.clear()
-
-    def __getstate__(self) -> dict[str, Any]:  # never ship a loaded model or maps
-        return {"factory": self.factory, "device": self.device, "threads": self.threads}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["factory"], state["device"], state["threads"])
-
-
-def _plugin() -> EnginePlugin:
-    from distributed import get_worker
-
-    plugin = get_worker().plugins.get(PLUGIN_NAME)
-    if plugin is None or plugin.engine is None:
-        raise RuntimeError("this Dask worker has no napari-corrseg engine (plugin missing)")
-    return plugin
-
-
-def worker_engine():
-    """The engine `EnginePlugin` loaded on the current worker."""
-    return _plugin().engine
-
-
-# -- task functions (run on workers) -----------------------------------------------------
-
-
-def _fill_task(store, items: Sequence[tuple[str, Any, str]], batch_size: int | None) -> dict:
-    """Compute and store the images of ``items`` (key, file or array, name) not stored."""
-    import numpy as np
-
-    from ..files.io import read_image
-
-    statuses = {key: "reused" for key, _, _ in items if store.has(key)}
-    todo = [item for item in items if item[0] not in statuses]
-    if not todo:
-        return statuses
-    from .collection import check_engine
-
-    engine = worker_engine()
-    check_engine(store, engine)  # a worker with another model must not fill this store
-    arrays = [read_image(src) if isinstance(src, str) else np.asarray(src) for _, src, _ in todo]
-    settings = store.settings
-    for position, queries, keys, geometry in engine.iter_query_key(
-        arrays,
-        layers=settings["layers"],
-        timestep=settings["timestep"],
-        seed=settings["seed"],
-        batch_size=batch_size,
-    ):
-        key, _, name = todo[position]
-        created = store.write(key, queries, keys, geometry, name=name)
-        statuses[key] = "computed" if created else "reused"
-    return statuses
-
-
-def _shape_task(layers: Any) -> tuple:
-    return tuple(worker_engine().query_key_shape(layers))
-
-
-def _stage_task(store, token: str, keys: list[str], fn: Callable, args: tuple) -> Any:
-    """``fn(maps, *args)`` with the store's lazy maps of ``keys``, opened once per worker."""
-    plugin = _plugin()
-    ident = (str(store.path), store.settings_digest, token)
-    with plugin.lock:
-        maps = plugin.maps_cache.get(ident)
-        if maps is None:
-            maps = store.maps(keys, backend=plugin.engine.attention_backend)
-            plugin.maps_cache[ident] = maps
-            while len(plugin.maps_cache) > 2:
-                plugin.maps_cache.popitem(last=False)
-        plugin.maps_cache.move_to_end(ident)
-    return fn(maps, *args)
 
 
 # -- the driver --------------------------------------------------------------------------
@@ -289,7 +155,7 @@ class DaskMapper:
             self._keys_future = client.scatter([self.keys], broadcast=True, hash=False)[0]
         futures = [
             client.submit(
-                _stage_task,
+                stage_task,
                 self.store,
                 self.token,
                 self._keys_future,
@@ -400,7 +266,7 @@ class DaskScheduler:
 
     def query_key_shape(self, layers: Any) -> tuple:
         """``(L, H, N, d)`` of one image, asked of a worker's engine."""
-        return tuple(self.client.submit(_shape_task, layers, pure=False).result())
+        return tuple(self.client.submit(shape_task, layers, pure=False).result())
 
     def fill(self, store, collection, items, *, batch_size=None, progress=None, cancel=None):
         """Compute ``items`` (key, image index) into the store; ``{key: status}``."""
@@ -415,7 +281,7 @@ class DaskScheduler:
             payload.append((key, source, collection.names[index]))
         futures = [
             self.client.submit(
-                _fill_task,
+                fill_task,
                 store,
                 payload[start : start + per_task],
                 batch_size,
