@@ -110,32 +110,50 @@ def test_match_writes_every_output(run, images, tmp_path):
 
 
 def test_coseg_writes_labels_of_each_image_shape(run, images, tmp_path):
+    from collection_standin import install
+
+    install()  # the collection algorithms, until the collection branch lands
     out = tmp_path / "coseg"
-    code, _, err = run("coseg", *images[:2], "--out", out, "--model", "tiny", "-q")
+    store = tmp_path / "store"
+    code, _, err = run(
+        "coseg", *images[:2], "--out", out, "--store", store, "--model", "tiny", "-q"
+    )
     assert code == 0, err
-    labels = [tifffile.imread(out / f"labels_{k}.tif") for k in range(2)]
+    labels = [tifffile.imread(out / "labels" / f"{name}.tif") for name in ("a", "b")]
     assert [lab.shape for lab in labels] == [(72, 96), (64, 48)]
     table = json.loads((out / "segments.json").read_text())
     ids = {segment["id"] for segment in table["segments"]}
     assert set(np.unique(np.concatenate([lab.ravel() for lab in labels]))) <= ids | {0}
-    with np.load(out / "labels_grid.npz", allow_pickle=False) as grid_labels:
-        assert grid_labels["labels_0"].shape == (16, 16)
+    assert [r["image"] for r in _csv(out / "summary.csv")] in (["a", "b"], ["b", "a"])
     assert json.loads((out / "run.json").read_text())["command"] == "coseg"
 
 
 def test_transfer_writes_one_row_per_keypoint(run, images, tmp_path):
+    from collection_standin import install
+
+    install()
     points = tmp_path / "points.csv"
     points.write_text("index,axis-0,axis-1\n0,10,20\n1,50.5,80\n2,0,0\n")
     out = tmp_path / "transfer"
-    code, _, err = run("transfer", images[0], points, images[1], "--out", out, "--model", "tiny")
+    code, _, err = run(
+        "transfer",
+        images[0],
+        points,
+        images[1],
+        "--out",
+        out,
+        "--store",
+        tmp_path / "store",
+        "--model",
+        "tiny",
+    )
     assert code == 0, err
-    rows = _csv(out / "transfer_0_1" / "target_points.csv")
+    rows = _csv(out / "points" / "b.csv")
     assert [r["keypoint_id"] for r in rows] == ["0", "1", "2"]
     moved = np.array([[float(r["axis-0"]), float(r["axis-1"])] for r in rows])
     assert (moved >= -0.5).all() and (moved[:, 0] <= 63.5).all() and (moved[:, 1] <= 47.5).all()
-    assert all(0 <= float(r["confidence"]) <= 1 for r in rows)
-    source = _csv(out / "transfer_0_1" / "source_points.csv")
-    assert [float(r["axis-0"]) for r in source] == [10, 50.5, 0]
+    assert all(0 <= float(r["confidence"]) <= 1 and r["source"] == "a" for r in rows)
+    assert [r["image"] for r in _csv(out / "summary.csv")] == ["b"]
     assert json.loads((out / "run.json").read_text())["points_file"] == str(points)
 
 

@@ -1,4 +1,4 @@
-"""The ``napari-corrseg`` command line: match, coseg, transfer, demo, cache.
+"""The ``napari-corrseg`` command line: match, extract, coseg, transfer, demo, cache.
 
 Every subcommand is one `Subcommand` record in `SUBCOMMANDS` (name, help, a function
 that adds its arguments, a function that runs it). Adding one, e.g. ``evaluate``, is one
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from .._version import __version__
 from ..errors import Cancelled, CorrsegError, InputImageError, ModelLoadError, OutputError
+from . import collection as _collection
 from . import commands as _commands
 from . import demo as _demo
 from .common import Context, SettingError, add_model_options
@@ -79,16 +80,22 @@ SUBCOMMANDS.extend(
             _commands.run_match,
         ),
         Subcommand(
+            "extract",
+            "fill the token store with a collection's queries and keys (resumable)",
+            _collection.extract_arguments,
+            _collection.run_extract,
+        ),
+        Subcommand(
             "coseg",
-            "co-segmentation labels shared across images",
-            _commands.coseg_arguments,
-            _commands.run_coseg,
+            "co-segmentation labels shared across a collection (folders or images)",
+            _collection.coseg_arguments,
+            _collection.run_coseg,
         ),
         Subcommand(
             "transfer",
-            "carry keypoints from a source image to target images",
-            _commands.transfer_arguments,
-            _commands.run_transfer,
+            "carry keypoints from a source image to a collection (folders or images)",
+            _collection.transfer_arguments,
+            _collection.run_transfer,
         ),
         Subcommand(
             "demo",
@@ -180,4 +187,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-

@@ -1,15 +1,14 @@
-"""The match, coseg, transfer and cache subcommands. The parser and `main` live in
-``cli/__init__.py``; the pieces every subcommand shares in `napari_corrseg.cli.common`;
-this module only does the work, by calling `napari_corrseg.tasks.pipeline`."""
+"""The match and cache subcommands. The parser and `main` live in ``cli/__init__.py``;
+the pieces every subcommand shares in `napari_corrseg.cli.common`; the collection
+subcommands (extract, coseg, transfer) in `napari_corrseg.cli.collection`. This module
+only does the work, by calling `napari_corrseg.tasks.pipeline`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import CorrsegError, InputImageError
+from ..errors import CorrsegError
 from .common import (
     Context,
     _add_output_options,
@@ -99,114 +98,6 @@ def run_match(args: argparse.Namespace, context: Context) -> int:
         report = out.commit(export.run_record("match", args, engine, maps, paths, outputs))
     context.say(report.summary())
     return 0
-
-
-def coseg_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", type=Path, nargs="+", metavar="image", help="two or more images")
-    _add_output_options(parser)
-    parser.add_argument(
-        "--threshold",
-        default="auto",
-        help="merge threshold, or 'auto' (default) to choose it from the data",
-    )
-
-
-def _threshold(text: str) -> float | str:
-    if str(text).lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (np.isfinite(value) and value > 0):
-        raise CorrsegError(f"--threshold must be a positive number or 'auto', got {text!r}")
-    return value
-
-
-def run_coseg(args: argparse.Namespace, context: Context) -> int:
-    from ..files import export
-    from ..files.io import output_transaction
-    from ..tasks.pipeline import cosegment_images
-
-    if len(args.images) < 2:
-        raise CorrsegError("coseg needs at least two images")
-    threshold = _threshold(args.threshold)
-    check_model_options(args)
-    images = _read_images(args.images)
-    with output_transaction(args.out, overwrite=args.overwrite) as out:
-        engine, maps = _maps(args, context, images, "all")
-        result = cosegment_images(maps, threshold=threshold)
-        outputs = export.write_coseg(out.staging, result, images, tiny=engine.is_tiny)
-        shared = sum(1 for s in result.segments if s.get("shared"))
-        context.say(
-            f"{len(result.segments)} segments ({shared} shared by several images), "
-            f"threshold {result.threshold:.4g}"
-        )
-        if result.no_clear_structure:
-            context.warn(
-                "no clear structure: the attention does not separate into parts (the merge "
-                "distance less than doubles at the cut); the segments are not to be trusted"
-            )
-        record = export.run_record("coseg", args, engine, maps, args.images, outputs)
-        report = out.commit(record)
-    context.say(report.summary())
-    return 0
-
-
-def transfer_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, help="source image")
-    parser.add_argument(
-        "points", type=Path, help="CSV of source keypoints (napari Points CSV or row,col)"
-    )
-    parser.add_argument("targets", type=Path, nargs="+", metavar="target", help="target image(s)")
-    _add_output_options(parser)
-
-
-def run_transfer(args: argparse.Namespace, context: Context) -> int:
-    from ..files import export
-    from ..files.io import output_transaction, read_points_table
-    from ..tasks.pipeline import transfer_keypoints
-
-    check_model_options(args)
-    table = read_points_table(args.points)
-    points = table.points
-    paths = [args.source, *args.targets]
-    images = _read_images(paths)
-    _check_points_inside(points, images[0].shape[:2], args.points)
-    with output_transaction(args.out, overwrite=args.overwrite) as out:
-        engine, maps = _maps(args, context, images, _star_pairs(len(images)))
-        outputs = []
-        for j in range(1, len(images)):
-            moved = transfer_keypoints(maps, 0, j, points)
-            name = f"transfer_0_{j}"
-            export.write_transfer(
-                out.path(name),
-                moved,
-                images[0],
-                images[j],
-                columns=table.columns,
-                tiny=engine.is_tiny,
-            )
-            outputs.append(name)
-            context.say(
-                f"{len(points)} keypoints -> {paths[j].name}: mean confidence "
-                f"{float(np.mean(moved.confidence)):.3f} -> {out.folder / name}"
-            )
-        extra = {"points_file": str(args.points), "points_layout": table.layout}
-        record = export.run_record("transfer", args, engine, maps, paths, outputs, extra=extra)
-        report = out.commit(record)
-    context.say(report.summary())
-    return 0
-
-
-def _check_points_inside(points: np.ndarray, shape: tuple[int, int], path: Path) -> None:
-    inside = (points >= -0.5).all(axis=1) & (points <= np.asarray(shape) - 0.5).all(axis=1)
-    if not inside.all():
-        bad = int(np.flatnonzero(~inside)[0])
-        raise InputImageError(
-            f"point {bad} of {path} ({points[bad][0]:g}, {points[bad][1]:g}) lies outside the "
-            f"source image of {shape[0]}x{shape[1]} pixels; coordinates are (row, col) pixels"
-        )
 
 
 def cache_arguments(parser: argparse.ArgumentParser) -> None:

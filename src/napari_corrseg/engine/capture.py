@@ -163,6 +163,9 @@ class AttentionRecorder:
         Score elements computed at once (default `CHUNK_ELEMENTS`); bounds memory.
     """
 
+    #: Queries are multiplied by ``attn.scale`` when projected (the maps' formula).
+    scale_queries = True
+
     def __init__(
         self,
         layers: Sequence[LayerInfo],
@@ -208,7 +211,7 @@ class AttentionRecorder:
         """Check for a cancel, then project this layer's per-head queries and keys."""
         if self.cancel is not None and self.cancel():
             raise Cancelled("attention extraction was cancelled")
-        query, key = project_query_key(attn, hidden_states)
+        query, key = project_query_key(attn, hidden_states, scale_query=self.scale_queries)
         if query.shape[0] != self.n_images:
             raise RuntimeError(
                 f"layer {layer.name} saw batch {query.shape[0]}, expected {self.n_images}"
@@ -241,9 +244,13 @@ class AttentionRecorder:
         return finish_sums(self.sums, self.counts)
 
 
-def project_query_key(attn, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's scaled float32 queries and keys, each ``(B, heads, N, head_dim)``.
+def project_query_key(
+    attn, hidden_states: torch.Tensor, *, scale_query: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's float32 queries and keys, each ``(B, heads, N, head_dim)``.
 
+    Queries are multiplied by ``attn.scale`` (``1 / sqrt(head_dim)``) unless
+    ``scale_query`` is False (the token store keeps them unscaled).
     Scores and softmax are float32 whatever the model dtype: what ``upcast_attention``
     asks for, and for layers without it only more precise than the layer's own attention.
     """
@@ -260,7 +267,8 @@ def project_query_key(attn, hidden_states: torch.Tensor) -> tuple[torch.Tensor, 
     key = key.view(batch, n_tokens, heads, head_dim).transpose(1, 2)
     if attn.norm_q is not None:
         query, key = attn.norm_q(query), attn.norm_k(key)
-    return query.float() * attn.scale, key.float()
+    query = query.float()
+    return (query * attn.scale if scale_query else query), key.float()
 
 
 Scratch = tuple[torch.Tensor, torch.Tensor] | None
@@ -341,7 +349,8 @@ class QueryKeyRecorder(AttentionRecorder):
     Used by the collection planner: UNet passes of a few images each fill one shared
     ``store`` (``{layer name: {image index: (query, key)}}``), and `maps_from_store`
     computes the maps of any pair afterwards, whichever passes its images were in.
-    A 32x32 SD2 layer keeps 5 MiB per image; a 64x64 layer 10 MiB.
+    A 32x32 SD2 layer keeps 5 MiB per image; a 64x64 layer 10 MiB. With
+    ``scale_queries=False`` the queries are kept unscaled (what the token store holds).
     """
 
     def __init__(
@@ -349,11 +358,14 @@ class QueryKeyRecorder(AttentionRecorder):
         layers: Sequence[LayerInfo],
         image_indices: Sequence[int],
         store: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]],
+        *,
+        scale_queries: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(layers, len(image_indices), (), **kwargs)
         self.image_indices = list(image_indices)
         self.store = store
+        self.scale_queries = scale_queries
 
     @torch.no_grad()
     def record(self, attn, hidden_states: torch.Tensor, layer: LayerInfo) -> None:

@@ -36,6 +36,7 @@ from .encoders import encode_pixels
 from .models import Components
 from .partition import check_partition
 from .planner import PassPlan, plan_passes
+from .query_key import QueryKeyMixin
 
 __all__ = ["Engine"]
 
@@ -43,7 +44,7 @@ Progress = Callable[[str, float], None]
 Cancel = Callable[[], bool]
 
 
-class Engine:
+class Engine(QueryKeyMixin):
     """A loaded model and the one-pass attention extraction built on it.
 
     Create it with `napari_corrseg.engine.load_engine`. Attributes other modules may use:
@@ -51,6 +52,10 @@ class Engine:
     ``identity`` (JSON-able provenance), ``is_tiny``, ``encoder`` (the module that
     turns pixels into latents: ``vae`` or a fast encoder), ``latent_cache``,
     ``encoder_calls`` (images actually encoded, for tests and benchmarks), ``last_plan``.
+
+    For collections (`napari_corrseg.engine.query_key.QueryKeyMixin`):
+    ``extract_query_key`` / ``iter_query_key`` return each image's queries and keys
+    instead of maps, and ``attention_backend`` forms maps from them on this device.
     """
 
     def __init__(

@@ -163,6 +163,7 @@ def plan_passes(
     memory_budget: int | None = None,
     max_partners: int | None = None,
     encoder=None,
+    keep_all: bool = True,
 ) -> PassPlan:
     """Split ``n_images`` into UNet passes that fit a memory budget.
 
@@ -190,6 +191,10 @@ def plan_passes(
     encoder : module, optional
         The encoder, when images were encoded for this extraction (sets
         ``encode_bytes``; the budget bounds the passes only).
+    keep_all : bool
+        Whether every image's queries and keys are kept until the end (maps of any
+        pair); False when each pass hands its images' tokens on (the token store), so
+        only one pass's are held.
 
     Returns
     -------
@@ -213,24 +218,28 @@ def plan_passes(
     if max_partners is None:
         max_partners = min(n_pairs, n_images - 1)
     fixed = scratch_bytes(unet, layers, max_partners)
-    store = _store_bytes_per_image(unet, layers) * n_images
+    per_image_store = _store_bytes_per_image(unet, layers)
+    store = per_image_store * n_images if keep_all else 0
     maps = (n_images + n_pairs) * sum(side**4 for side in sides) * 4
+    per_image = image if keep_all else image + per_image_store
     if batch_size is not None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         size = min(int(batch_size), n_images)
     else:
         spare = budget - fixed - store - maps
-        size = max(1, min(n_images, spare // image if spare > 0 else 1))
-        if explicit and spare < image:
+        size = max(1, min(n_images, spare // per_image if spare > 0 else 1))
+        if explicit and spare < per_image:
             raise ValueError(
                 f"memory_budget {budget / 2**20:.0f} MiB is too small: one image per pass "
-                f"needs about {(image + fixed + store + maps) / 2**20:.0f} MiB for "
+                f"needs about {(per_image + fixed + store + maps) / 2**20:.0f} MiB for "
                 f"{n_images} images; raise memory_budget or process fewer images at once"
             )
     # even batches: 9 images at b=4 -> 3 + 3 + 3, not 4 + 4 + 1
     n_passes = math.ceil(n_images / size)
     per_pass = math.ceil(n_images / n_passes)
     batches = [list(range(s, min(s + per_pass, n_images))) for s in range(0, n_images, per_pass)]
+    if not keep_all:
+        store = per_image_store * per_pass
     encode = estimate_encoder_bytes(encoder, image_size, dtype) if encoder is not None else 0
     return PassPlan(batches, per_pass, budget, image, fixed, store, maps, encode)

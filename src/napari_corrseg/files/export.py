@@ -191,11 +191,7 @@ def write_transfer(
     """
     folder.mkdir(parents=True, exist_ok=True)
     ids = np.arange(len(moved.confidence))
-    ours = {"keypoint_id", "confidence", "cycle_error", "index", "axis-0", "axis-1"}
-    carried = {
-        (f"input_{name}" if name in ours else name): np.asarray(values)
-        for name, values in (columns or {}).items()
-    }
+    carried = carried_columns(columns)
     write_points_csv(
         folder / "source_points.csv", moved.source_points, {"keypoint_id": ids, **carried}
     )
@@ -219,6 +215,21 @@ def write_transfer(
         notice=_notice(tiny),
     )
     return folder
+
+
+#: Columns the keypoint writers fill themselves; a table's own column of that name is
+#: carried as ``input_<name>``.
+OWN_KEYPOINT_COLUMNS = frozenset(
+    {"keypoint_id", "confidence", "cycle_error", "source", "index", "axis-0", "axis-1"}
+)
+
+
+def carried_columns(columns: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """A keypoint table's own columns as written beside ours (renamed where they clash)."""
+    return {
+        (f"input_{name}" if name in OWN_KEYPOINT_COLUMNS else name): np.asarray(values)
+        for name, values in (columns or {}).items()
+    }
 
 
 def _versions() -> dict[str, str]:

@@ -336,11 +336,11 @@ def cosegment_images(
         unmatched=_jsonable(result.unmatched),
         threshold=float(result.threshold),
         geometries=geometries,
-        no_clear_structure=_no_clear_structure(result),
+        no_clear_structure=lacks_clear_structure(result),
     )
 
 
-def _no_clear_structure(result: Any) -> bool:
+def lacks_clear_structure(result: Any) -> bool:
     """The co-segmentation's own flag, else judged from its gap ratio (NaN: given cut)."""
     from ..core.segmentation import is_clear_gap
 
