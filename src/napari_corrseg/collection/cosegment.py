@@ -135,6 +135,31 @@ def _profiles(rows: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return (pooled / pooled.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def _fold_specks(labels: np.ndarray, attention: np.ndarray, grid):
+    """Fold segments of fewer than `min_segment_tokens` tokens into the segment of the
+    same image whose profile is closest (symmetric KL); return labels ``0..S-1`` and the
+    profiles. A speck below the anchor spacing is noise, not a part to match."""
+    smallest = min_segment_tokens(grid)
+    while True:
+        n_segments = int(labels.max()) + 1
+        profiles = _profiles(_memberships(labels, n_segments) @ attention, grid)
+        sizes = np.bincount(labels.reshape(-1), minlength=n_segments)
+        if n_segments < 2 or sizes.min() >= smallest:
+            return labels, profiles
+        speck = int(np.argmin(sizes))
+        distances = symmetric_kl(profiles[speck : speck + 1], profiles)[0]
+        distances[speck] = np.inf
+        target = int(np.argmin(distances))
+        labels = np.where(labels == speck, target, labels)
+        labels = np.unique(labels, return_inverse=True)[1].reshape(labels.shape).astype(np.int32)
+
+
+def min_segment_tokens(grid) -> int:
+    """Smallest segment kept as a part: 2 tokens, or one 16 x 16 anchor cell on larger
+    grids (4 tokens at 32 x 32)."""
+    return max(2, -(-grid[0] * grid[1] // 256))
+
+
 def segment_stage(
     maps: AttentionMaps, image: int, anchors=None, threshold: float | str = "auto"
 ) -> ImageSegments:
@@ -154,12 +179,13 @@ def segment_stage(
     Returns
     -------
     ImageSegments
+        Segments of fewer than `min_segment_tokens` tokens are folded into the closest
+        segment of the image.
     """
     attention = maps.self(image)
     seg = segment(attention, maps.grid, threshold, anchors=anchors)
     labels = (np.asarray(seg.labels) - 1).astype(np.int32)
-    n_segments = int(labels.max()) + 1
-    profiles = _profiles(_memberships(labels, n_segments) @ attention, maps.grid)
+    labels, profiles = _fold_specks(labels, attention, maps.grid)
     within = symmetric_kl(profiles)
     np.fill_diagonal(within, 0.0)
     return ImageSegments(

@@ -10,8 +10,9 @@ sub-token cycle error and a confidence) and
 `napari_corrseg.core.cosegmentation.propagate_labels` (the target's attention over the
 source mixes the source's label fractions). With several sources, each keypoint takes
 the source whose proposal is most confident (a source where the point is not marked, or
-that sees the part badly, loses), and so does each label token. Cost: two cross maps
-per (target, source); linear in the number of targets.
+that sees the part badly, loses), and each label token the source it maps onto best
+(inverse-mapping confidence). Cost: two cross maps per (target, source); linear in the
+number of targets.
 
 The per-target work is the module-level `transfer_stage`, run through a ``mapper`` like
 the stages of `napari_corrseg.collection.cosegment`.
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core._correspondence_ops import check_points
-from ..core.correspondence import transfer_points
+from ..core.correspondence import inverse_mapping, transfer_points
 from ..core.cosegmentation import propagate_labels
 from ..core.maps import AttentionMaps
 
@@ -81,12 +82,18 @@ class LabelProposal:
     confidence : numpy.ndarray
         ``(h, w)`` float32 in ``[0, 1]``: the winning label's share of the attention.
     source : numpy.ndarray
-        ``(h, w)`` int32: the source image chosen per token.
+        ``(h, w)`` int32: the source image chosen per token, the one the token maps
+        onto best.
+    support : numpy.ndarray
+        ``(h, w)`` float32 in ``[0, 1]``: how well the token maps onto the chosen source
+        and back (the inverse-mapping confidence of `napari_corrseg.core.correspondence`:
+        cycle error, entropy, density).
     """
 
     labels: np.ndarray
     confidence: np.ndarray
     source: np.ndarray
+    support: np.ndarray
 
 
 @dataclass
@@ -101,8 +108,8 @@ class CollectionTransfer:
         ``{target: LabelProposal}`` (empty without labels).
     ranking : list of (int, float)
         ``(target, score)`` least confident first; the score is the mean confidence of
-        the target's proposed keypoints and of its label tokens (the mean of the two
-        when both are given).
+        the target's proposed keypoints, or the mean of share x support over its label
+        tokens, or the mean of the two when both are given.
     sources : list of int
         The annotated images.
     """
@@ -166,23 +173,26 @@ def transfer_stage(
             best.cycle_error[chosen] = moved.cycle_error[better]
         point_result = best
     if labels:
-        chosen_labels = chosen_confidence = chosen_source = None
+        best_labels = best_share = best_support = best_source = None
         for source in sorted(labels):
             if source == target:
                 continue
-            proposed, confidence = propagate_labels(
-                labels[source], maps.cross(target, source), grid
-            )
-            if chosen_labels is None:
-                chosen_labels, chosen_confidence = proposed.copy(), confidence.copy()
-                chosen_source = np.full(grid, source, dtype=np.int32)
+            a_ts, a_st = maps.cross(target, source), maps.cross(source, target)
+            proposed, share = propagate_labels(labels[source], a_ts, grid)
+            # how well each target token maps onto this source and back
+            support = inverse_mapping(a_ts, a_st, grid).confidence.reshape(grid)
+            if best_labels is None:
+                best_labels, best_share = proposed.copy(), share.copy()
+                best_support = support.astype(np.float32)
+                best_source = np.full(grid, source, dtype=np.int32)
                 continue
-            better = confidence > chosen_confidence
-            chosen_labels[better] = proposed[better]
-            chosen_confidence[better] = confidence[better]
-            chosen_source[better] = source
-        if chosen_labels is not None:
-            label_result = LabelProposal(chosen_labels, chosen_confidence, chosen_source)
+            better = support > best_support
+            best_labels[better] = proposed[better]
+            best_share[better] = share[better]
+            best_support[better] = support[better]
+            best_source[better] = source
+        if best_labels is not None:
+            label_result = LabelProposal(best_labels, best_share, best_source, best_support)
     return point_result, label_result
 
 
@@ -310,7 +320,7 @@ def transfer_collection(
             parts.append(float(proposed.mean()) if proposed.size else 0.0)
         if painted is not None:
             label_maps[target] = painted
-            parts.append(float(painted.confidence.mean()))
+            parts.append(float((painted.confidence * painted.support).mean()))
         ranking.append((target, float(np.mean(parts)) if parts else float("nan")))
     ranking.sort(key=lambda item: (item[1], item[0]))
     return CollectionTransfer(points, label_maps, ranking, sources)
