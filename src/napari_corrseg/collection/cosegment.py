@@ -369,7 +369,9 @@ def cosegment(
         Stage functions: `segment_stage` ``(image, anchors, image_threshold)`` and
         `match_stage` ``(image, partners, segments)``.
     progress : callable, optional
-        ``progress(stage, fraction)`` with stages "segment", "match", "cluster".
+        ``progress(stage, fraction)`` with stages "segment", "match", "rematch" (when
+        some segments get more partners) and "cluster". With a ``mapper``, each stage
+        reports 0 and 1 only: the mapper reports the tasks in between.
     image_threshold : "auto" or float
         Threshold of each image's own segmentation.
     k, n_random, seed : int
@@ -420,12 +422,16 @@ def cosegment(
     evidence = _match(mapper, maps, segments, owned, "match", progress)
     if progress is not None:
         progress("cluster", 0.0)
-    ids, cut, merge_distances, gap_ratio = cluster_segments(segments, evidence, threshold)
-    # segments that found no counterpart get a second chance with likely partners
-    extra = repair_links(maps, segments, ids, owned, per_image=k + n_random)
+    # segments that found no counterpart get a second chance with likely partners; the
+    # first pass is always cut automatically, so that a threshold passed back reproduces
+    # the same links and the same result
+    clustered = cluster_segments(segments, evidence, "auto")
+    extra = repair_links(maps, segments, clustered[0], owned, per_image=k + n_random)
     if any(extra):
         evidence += _match(mapper, maps, segments, extra, "rematch", progress)
-        ids, cut, merge_distances, gap_ratio = cluster_segments(segments, evidence, threshold)
+    if any(extra) or threshold != "auto":
+        clustered = cluster_segments(segments, evidence, threshold)
+    ids, cut, merge_distances, gap_ratio = clustered
     labels, lookup = _collection_labels(segments, ids)
     trips = []
     for pair in evidence:
