@@ -112,6 +112,16 @@ def test_a_mapper_running_stages_elsewhere_gives_identical_results():
     assert {"segment", "match", "cluster"} <= set(seen)
 
 
+def test_the_chosen_threshold_passed_back_reproduces_the_result():
+    maps = _collection(24).maps()
+    first = cosegment(maps)
+    again = cosegment(maps, threshold=first.threshold)
+    for a, b in zip(first.labels, again.labels, strict=True):
+        np.testing.assert_array_equal(a, b)
+    coarse = cosegment(maps, threshold=first.merge_distances[-1] * 2)  # above every merge
+    assert coarse.n_segments < first.n_segments
+
+
 def test_stage_results_are_small():
     collection = _collection(3, grid=(32, 32))
     maps = collection.maps()
