@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import napari_corrseg as nc
-from napari_corrseg.collection.cosegment import cosegment, match_stage, segment_stage
+from napari_corrseg.collection.cosegment import cosegment
 from napari_corrseg.collection.linkage import apply_merges, sparse_average_linkage
 from napari_corrseg.collection.neighbours import neighbour_graph, owned_edges
+from napari_corrseg.collection.segments import match_stage, segment_stage
 from napari_corrseg.core.evaluation import adjusted_rand_index
 from napari_corrseg.core.maps import AttentionMaps
 from napari_corrseg.synthetic.regions import moving_collection
