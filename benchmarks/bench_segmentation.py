@@ -29,7 +29,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from napari_corrseg.core.cosegmentation import cosegment, propagate_labels
+from napari_corrseg.collection.cosegment import cosegment
+from napari_corrseg.core.cosegmentation import propagate_labels
 from napari_corrseg.core.evaluation import adjusted_rand_index
 from napari_corrseg.core.segmentation import segment
 from napari_corrseg.synthetic.regions import (

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_corrseg.collection.cosegment import cosegment
 from napari_corrseg.core.cosegmentation import (
     Cosegmentation,
-    cosegment,
     label_fractions,
     propagate_labels,
     score_segments,

@@ -29,9 +29,11 @@ _EXPORTS = {
     "aggregate_attention": "core.correspondence",
     "segment": "core.segmentation",
     "Segmentation": "core.segmentation",
-    "cosegment": "core.cosegmentation",
+    "cosegment": "collection.cosegment",
     "Cosegmentation": "core.cosegmentation",
     "propagate_labels": "core.cosegmentation",
+    "transfer_collection": "collection.transfer",
+    "CollectionTransfer": "collection.transfer",
 }
 
 #: Modules that lived at the top of the package before it was grouped by layer: the old
@@ -56,6 +58,8 @@ MOVED_MODULES = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .collection.cosegment import cosegment
+    from .collection.transfer import CollectionTransfer, transfer_collection
     from .core.correspondence import (
         InverseMapping,
         Matches,
@@ -65,7 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
         query,
         transfer_points,
     )
-    from .core.cosegmentation import Cosegmentation, cosegment, propagate_labels
+    from .core.cosegmentation import Cosegmentation, propagate_labels
     from .core.maps import AttentionMaps, ImageGeometry
     from .core.segmentation import Segmentation, segment
     from .engine import load_engine

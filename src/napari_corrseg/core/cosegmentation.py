@@ -1,61 +1,37 @@
-"""Label maps that agree across images, and labels carried from one image to another.
+"""Result types of co-segmentation, segment consistency, and labels carried between images.
 
-`cosegment` clusters the anchors of all images together, so a part gets one id in every
-image it appears in. Each anchor ``a`` of image ``i`` is described by where it leads in
-every image ``k`` of the collection: the two-step attention ``A_ik[a] @ A_kk`` (to image
-``k`` through self or cross attention, then spread over the region it lands in by
-``k``'s self-attention). The blocks for all ``k`` side by side form one distribution per
-anchor; anchors are then clustered exactly as in `napari_corrseg.core.segmentation.segment`
-(symmetric KL, average linkage, cut in the widest log-gap of the merge distances). A
-cluster whose anchors all come from one image is a part seen in that image only; it is
-kept and flagged. Each shared part gets a consistency score from the inverse mapping of
-every pair of images it appears in.
+The co-segmentation algorithm itself lives in `napari_corrseg.collection.cosegment`
+(``nc.cosegment``): each image is segmented alone, segments are matched between
+neighbouring images and clustered into collection-wide ids, at a cost linear in the
+number of images. This module keeps what it returns (`Cosegmentation`, `SegmentRecord`),
+the round-trip test behind the consistency score (`round_trips`, `build_records`,
+`score_segments`), and `propagate_labels`, which turns a label image painted on a source
+image into a proposal on a target image, with a confidence per token.
 
-`propagate_labels` turns a label image painted on a source image into a proposal on a
-target image, with a confidence per token.
-
-numpy and scipy only (plus `napari_corrseg.core.correspondence`).
+numpy only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import squareform
 
 from ._validation import check_attention, check_grid
-from .correspondence import inverse_mapping
-from .segmentation import (
-    LOG_FLOOR,
-    _check_threshold,
-    anchor_tokens,
-    cluster_means,
-    pool_factor,
-    pool_keys,
-    symmetric_kl,
-    widest_log_gap,
-)
 
 __all__ = [
     "Cosegmentation",
     "PropagatedLabels",
+    "RoundTrips",
     "SegmentRecord",
-    "cosegment",
+    "build_records",
     "label_fractions",
     "propagate_labels",
+    "round_trips",
     "score_segments",
 ]
-
-#: Anchors over the whole collection are kept near this many (16 x 16 per image for a
-#: pair, fewer per image for larger collections) so that clustering stays fast.
-ANCHOR_BUDGET = 512
-#: Each anchor's joint feature (all images side by side) is kept near this many values
-#: by pooling keys: 2 images of 32 x 32 keep every key, 8 images are pooled 2 x 2.
-FEATURE_BUDGET = 4096
 
 
 @dataclass
@@ -71,10 +47,10 @@ class SegmentRecord:
     sizes : list of int
         Tokens with this id in each image of the collection (0 where absent).
     consistency : float
-        In ``[0, 1]``: over every ordered pair ``(i, j)`` of images holding the id, the
-        fraction of its tokens in ``i`` whose forward match lands on the id in ``j``
-        and whose backward match returns onto the id in ``i``; averaged over pairs.
-        NaN for an id seen in one image only.
+        In ``[0, 1]``: over the compared ordered pairs ``(i, j)`` of images that both hold
+        the id, the fraction of its tokens in ``i`` whose forward match lands on the id
+        in ``j`` and whose backward match returns onto the id in ``i``; averaged over
+        those pairs. NaN for an id seen in one image only, or in no compared pair.
     shared : bool
         Whether the id appears in two or more images.
     """
@@ -88,7 +64,7 @@ class SegmentRecord:
 
 @dataclass
 class Cosegmentation:
-    """Result of `cosegment`.
+    """Result of `napari_corrseg.collection.cosegment.cosegment`.
 
     Attributes
     ----------
@@ -100,9 +76,10 @@ class Cosegmentation:
     unmatched : list of int
         Ids found in one image only (parts with no counterpart elsewhere).
     threshold : float
-        Merge threshold used; with "auto" the chosen one, reusable as a number.
+        Merge threshold used for the segments (symmetric KL, average linkage); with
+        "auto" the chosen one, reusable as a number.
     merge_distances : numpy.ndarray
-        Ascending merge distances of the joint anchor clustering.
+        Ascending merge distances of the segment clustering (running maximum).
     gap_ratio : float
         Upper / lower merge distance around the cut.
     """
@@ -120,150 +97,90 @@ class Cosegmentation:
         return len(self.segments)
 
 
-def _check_collection(self_maps, cross_maps, grid):
-    if isinstance(self_maps, np.ndarray) or not isinstance(self_maps, Sequence):
-        raise ValueError("self_maps must be a list with one (N, N) self-attention per image")
-    if len(self_maps) < 2:
-        raise ValueError(f"cosegment needs at least 2 images, got {len(self_maps)}")
-    if not isinstance(cross_maps, Mapping):
-        raise ValueError("cross_maps must be a dict {(i, j): (N, N) map} over ordered pairs")
-    n_images = len(self_maps)
-    selfs = [check_attention(m, grid, name=f"self_maps[{i}]") for i, m in enumerate(self_maps)]
-    grid = check_grid(grid, selfs[0].shape[0])
-    cross = _check_cross(cross_maps, n_images, grid)
-    return selfs, cross, grid
+class RoundTrips(NamedTuple):
+    """Where the tokens of one image go and come back, counted by label.
+
+    ``counts[a, b, c]``: tokens of image ``source`` with local label ``a`` whose forward
+    match lands on local label ``b`` in ``target`` and whose round trip returns onto local
+    label ``c`` in ``source``. Local labels are ``0..S-1``; ``source_ids`` and
+    ``target_ids`` turn them into collection ids.
+    """
+
+    source: int
+    target: int
+    counts: np.ndarray
+    source_ids: np.ndarray
+    target_ids: np.ndarray
 
 
-def _check_cross(cross_maps: Mapping, n_images: int, grid) -> dict:
-    """Every ordered pair's map, validated; a clear error names the missing pairs."""
-    missing = [
-        (i, j)
-        for i in range(n_images)
-        for j in range(n_images)
-        if i != j and (i, j) not in cross_maps
-    ]
-    if missing:
-        more = "..." if len(missing) > 6 else ""
-        raise ValueError(
-            f"cross_maps lacks the ordered pairs {missing[:6]}{more}; "
-            "extract the maps for every ordered pair of images (queries of i over keys of j)"
-        )
-    return {
-        (i, j): check_attention(cross_maps[(i, j)], grid, name=f"cross_maps[{(i, j)}]")
-        for i in range(n_images)
-        for j in range(n_images)
-        if i != j
-    }
-
-
-def _default_anchors(n_images: int, grid: tuple[int, int]) -> int:
-    per_side = int(np.sqrt(ANCHOR_BUDGET / n_images))
-    return max(2, min(16, per_side, *grid))
-
-
-def cosegment(
-    self_maps: Sequence,
-    cross_maps: Mapping,
-    grid,
-    threshold: float | str = "auto",
-    *,
-    anchors=None,
-) -> Cosegmentation:
-    """Segment a collection of images with ids that agree across images.
+def round_trips(labels_s, labels_t, forward, backward, n_s: int, n_t: int) -> np.ndarray:
+    """``(n_s, n_t, n_s)`` round-trip counts (see `RoundTrips`) of one ordered pair.
 
     Parameters
     ----------
-    self_maps : list of numpy.ndarray
-        ``(N, N)`` row-stochastic self-attention of each image (2 or more).
-    cross_maps : dict
-        ``{(i, j): (N, N)}`` cross self-attention, queries of image ``i`` over keys of
-        image ``j``, for every ordered pair ``i != j``.
-    grid : tuple of int
-        ``(h, w)`` shared by all maps.
-    threshold : "auto" or float
-        As in `napari_corrseg.core.segmentation.segment`.
-    anchors : None, int or (int, int)
-        Anchor grid per image; default 16 x 16 for a pair, fewer per image for larger
-        collections (about 512 anchors in all).
-
-    Returns
-    -------
-    Cosegmentation
-
-    Raises
-    ------
-    ValueError
-        On fewer than 2 images, a missing pair, or maps that are not row-stochastic
-        ``(N, N)`` arrays on ``grid``.
+    labels_s, labels_t : numpy.ndarray
+        ``(N,)`` local labels ``0..n-1`` of every token of the source and the target.
+    forward : numpy.ndarray
+        ``(N,)`` ``argmax_j A_st[i, j]`` per source token.
+    backward : numpy.ndarray
+        ``(N,)`` ``argmax_i A_ts[j, i]`` per target token.
+    n_s, n_t : int
+        Number of local labels in each image.
     """
-    selfs, cross, grid = _check_collection(self_maps, cross_maps, grid)
-    auto = _check_threshold(threshold)
-    n_images = len(selfs)
-    if anchors is None:
-        anchors = _default_anchors(n_images, grid)
-    anchor_index = anchor_tokens(grid, anchors)
-
-    def attention(i, k):
-        return selfs[i] if i == k else cross[(i, k)]
-
-    # keys pooled so that the joint feature stays under FEATURE_BUDGET values
-    factor = pool_factor(grid, max(FEATURE_BUDGET // n_images, 1))
-    pooled = [pool_keys(m, grid, factor) for m in selfs]
-    n_keys = pooled[0].shape[1]
-    # feature of every anchor: its two-step attention into every image, side by side
-    features = np.empty((n_images * anchor_index.size, n_images * n_keys), np.float32)
-    for i in range(n_images):
-        rows = slice(i * anchor_index.size, (i + 1) * anchor_index.size)
-        for k in range(n_images):
-            block = attention(i, k)[anchor_index] @ pooled[k]
-            block /= block.sum(axis=1, keepdims=True) * n_images
-            features[rows, k * n_keys : (k + 1) * n_keys] = block
-    distances = symmetric_kl(features)
-    np.fill_diagonal(distances, 0.0)
-    tree = linkage(squareform(distances, checks=False), method="average")
-    merge_distances = tree[:, 2].copy()
-    if auto:
-        _, threshold, gap_ratio = widest_log_gap(merge_distances)
-    else:
-        threshold, gap_ratio = float(threshold), float("nan")
-    clusters = fcluster(tree, t=threshold, criterion="distance")
-    anchor_image = np.repeat(np.arange(n_images), anchor_index.size)
-    centroids = cluster_means(features, clusters)
-
-    labels = []
-    for i in range(n_images):
-        # only parts with an anchor in image i may claim its tokens
-        allowed = np.unique(clusters[anchor_image == i]) - 1
-        block = centroids[allowed, i * n_keys : (i + 1) * n_keys]
-        block = block / block.sum(axis=1, keepdims=True)
-        scores = pooled[i] @ np.log(np.maximum(block, LOG_FLOOR)).T
-        labels.append(allowed[np.argmax(scores, axis=1)].reshape(grid) + 1)
-    labels = _relabel_collection(labels)
-    segments = _segment_records(labels, cross, grid)
-    return Cosegmentation(
-        labels=labels,
-        segments=segments,
-        unmatched=[s.id for s in segments if not s.shared],
-        threshold=float(threshold),
-        merge_distances=merge_distances,
-        gap_ratio=float(gap_ratio),
-    )
+    landed = labels_t[forward]
+    returned = labels_s[backward[forward]]
+    index = (labels_s * n_t + landed) * n_s + returned
+    return np.bincount(index, minlength=n_s * n_t * n_s).reshape(n_s, n_t, n_s)
 
 
-def _relabel_collection(labels: list[np.ndarray]) -> list[np.ndarray]:
-    """Ids ``1..n`` in order of first appearance over the images in turn."""
-    flat = np.concatenate([lab.reshape(-1) for lab in labels])
-    _, first = np.unique(flat, return_index=True)
-    order = flat[np.sort(first)]
-    lookup = np.zeros(int(flat.max()) + 1, dtype=np.int32)
-    lookup[order] = np.arange(1, order.size + 1, dtype=np.int32)
-    return [lookup[lab] for lab in labels]
+def build_records(labels: Sequence[np.ndarray], evidence: Iterable[RoundTrips]):
+    """`SegmentRecord` of every id ``1..max`` of ``labels``, scored on ``evidence``.
+
+    The consistency of an id averages, over the ordered pairs in ``evidence`` whose two
+    images both hold it, the fraction of its tokens in the source whose round trip stays
+    on it. Cost: one pass over the labels and the (small) count tensors.
+    """
+    n_ids = max(int(np.max(lab)) for lab in labels)
+    sizes = np.stack(
+        [np.bincount(np.asarray(lab).reshape(-1), minlength=n_ids + 1)[1:] for lab in labels],
+        axis=1,
+    )  # (n_ids, n_images)
+    ratio_sum = np.zeros(n_ids)
+    ratio_count = np.zeros(n_ids, dtype=np.int64)
+    for trip in evidence:
+        ids_s, ids_t = np.asarray(trip.source_ids), np.asarray(trip.target_ids)
+        stays = (ids_s[:, None, None] == ids_t[None, :, None]) & (
+            ids_s[:, None, None] == ids_s[None, None, :]
+        )
+        by_id = np.broadcast_to(ids_s[:, None, None], stays.shape)[stays]
+        agree = np.bincount(by_id, weights=trip.counts[stays], minlength=n_ids + 1)[1:]
+        both = (sizes[:, trip.source] > 0) & (sizes[:, trip.target] > 0)
+        ratio_sum[both] += agree[both] / sizes[both, trip.source]
+        ratio_count[both] += 1
+    records = []
+    for s in range(n_ids):
+        present = [int(i) for i in np.flatnonzero(sizes[s] > 0)]
+        consistency = (
+            float(ratio_sum[s] / ratio_count[s])
+            if len(present) > 1 and ratio_count[s]
+            else float("nan")
+        )
+        records.append(
+            SegmentRecord(
+                id=s + 1,
+                images=present,
+                sizes=[int(v) for v in sizes[s]],
+                consistency=consistency,
+                shared=len(present) > 1,
+            )
+        )
+    return records
 
 
 def score_segments(labels: Sequence, cross_maps: Mapping, grid) -> list[SegmentRecord]:
     """Where each id of a set of label maps appears, and how consistent it is.
 
-    Works on any labels with shared ids (for example a `cosegment` result after manual
+    Works on any labels with shared ids (for example a co-segmentation after manual
     corrections in napari).
 
     Parameters
@@ -271,7 +188,8 @@ def score_segments(labels: Sequence, cross_maps: Mapping, grid) -> list[SegmentR
     labels : list of numpy.ndarray
         ``(h, w)`` int label maps, one per image, ids ``>= 1`` shared across images.
     cross_maps : dict
-        ``{(i, j): (N, N)}`` for every ordered pair of images.
+        ``{(i, j): (N, N)}``: for every pair of images to score, both directions.
+        Consistency is averaged over the pairs given.
     grid : tuple of int
         ``(h, w)``.
 
@@ -288,50 +206,34 @@ def score_segments(labels: Sequence, cross_maps: Mapping, grid) -> list[SegmentR
                 f"labels[{i}] must be an ({h}, {w}) integer map with ids >= 1, "
                 f"got shape {lab.shape} and dtype {lab.dtype}"
             )
-    n_images = len(labels)
     if not isinstance(cross_maps, Mapping):
         raise ValueError("cross_maps must be a dict {(i, j): (N, N) map} over ordered pairs")
-    cross = _check_cross(cross_maps, n_images, (h, w))
-    return _segment_records(labels, cross, (h, w))
-
-
-def _segment_records(labels, cross, grid) -> list[SegmentRecord]:
-    n_images = len(labels)
+    pairs = sorted({(min(i, j), max(i, j)) for i, j in cross_maps if i != j})
+    missing = [
+        (b, a) if (a, b) in cross_maps else (a, b)
+        for a, b in pairs
+        if (a, b) not in cross_maps or (b, a) not in cross_maps
+    ]
+    if missing:
+        raise ValueError(
+            f"cross_maps lacks the ordered pairs {missing[:6]}; give both directions "
+            "(queries of i over keys of j, and of j over keys of i) of every pair"
+        )
     n_ids = max(int(lab.max()) for lab in labels)
-    flat = [lab.reshape(-1) for lab in labels]
-    sizes = np.stack([np.bincount(f, minlength=n_ids + 1)[1:] for f in flat], axis=1)
-    agree = np.zeros((n_ids, n_images, n_images))
-    for i in range(n_images):
-        for j in range(i + 1, n_images):
-            # one inverse mapping serves both directions: its backward map is j -> i
-            inv = inverse_mapping(cross[(i, j)], cross[(j, i)], grid)
-            for a, b, forward, backward in (
-                (i, j, inv.forward, inv.backward),
-                (j, i, inv.backward, inv.forward),
-            ):
-                landed = flat[b][forward]
-                returned = flat[a][backward[forward]]
-                ok = (landed == flat[a]) & (returned == flat[a])
-                agree[:, a, b] = np.bincount(flat[a], weights=ok, minlength=n_ids + 1)[1:]
-    records = []
-    for s in range(n_ids):
-        present = [int(i) for i in np.flatnonzero(sizes[s] > 0)]
-        pairs = [(i, j) for i in present for j in present if i != j]
-        consistency = (
-            float(np.mean([agree[s, i, j] / sizes[s, i] for i, j in pairs]))
-            if pairs
-            else float("nan")
-        )
-        records.append(
-            SegmentRecord(
-                id=s + 1,
-                images=present,
-                sizes=[int(v) for v in sizes[s]],
-                consistency=consistency,
-                shared=len(present) > 1,
-            )
-        )
-    return records
+    ids = np.arange(n_ids + 1)
+    evidence = []
+    for a, b in pairs:
+        a_ab = check_attention(cross_maps[(a, b)], (h, w), name=f"cross_maps[{(a, b)}]")
+        a_ba = check_attention(cross_maps[(b, a)], (h, w), name=f"cross_maps[{(b, a)}]")
+        forward, backward = np.argmax(a_ab, axis=1), np.argmax(a_ba, axis=1)
+        flat_a, flat_b = labels[a].reshape(-1), labels[b].reshape(-1)
+        for s, t, fwd, bwd, ls, lt in (
+            (a, b, forward, backward, flat_a, flat_b),
+            (b, a, backward, forward, flat_b, flat_a),
+        ):
+            counts = round_trips(ls, lt, fwd, bwd, n_ids + 1, n_ids + 1)
+            evidence.append(RoundTrips(s, t, counts, ids, ids))
+    return build_records(labels, evidence)
 
 
 class PropagatedLabels(NamedTuple):
@@ -416,3 +318,13 @@ def propagate_labels(labels_src, a_ts, grid) -> PropagatedLabels:
         values[best].reshape(h, w).astype(np.int32),
         confidence.reshape(h, w).astype(np.float32),
     )
+
+
+def __getattr__(name: str):
+    # `cosegment` moved to napari_corrseg.collection.cosegment (it works on whole
+    # collections now); the old import path keeps working without importing it here
+    if name == "cosegment":
+        from ..collection.cosegment import cosegment
+
+        return cosegment
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

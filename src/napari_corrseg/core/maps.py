@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,124 @@ class AttentionMaps:
     def has(self, i: int, j: int) -> bool:
         """Whether the map ``(i, j)`` was computed."""
         return (i, j) in self.maps
+
+    @property
+    def is_lazy(self) -> bool:
+        """False: every map is held in memory (see `from_query_key` for the lazy form)."""
+        return False
+
+    def query_key(self, i: int):
+        """Queries and keys of image ``i``: only the lazy form (`from_query_key`) has them."""
+        raise ValueError(
+            "these attention maps hold maps, not queries and keys; build them with "
+            "AttentionMaps.from_query_key to form maps on demand"
+        )
+
+    def to_dense(self, pairs="all") -> AttentionMaps:
+        """The maps held in memory: this object itself (the lazy form computes them)."""
+        return self
+
+    @classmethod
+    def from_query_key(
+        cls,
+        queries,
+        keys=None,
+        grid=None,
+        *,
+        geometries: Sequence[ImageGeometry] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        backend=None,
+        cache_items: int = 16,
+        n_images: int | None = None,
+    ) -> AttentionMaps:
+        """Maps formed on demand from each image's per-head queries and keys.
+
+        ``maps.self(i)`` and ``maps.cross(i, j)`` compute
+        ``A_ij = mean over layers and heads of softmax(Q_i K_j^T / sqrt(d))`` when asked
+        (the engine's arithmetic, in float32, rows renormalised) and keep the last
+        ``cache_items`` maps in a thread-safe LRU cache. Every function that takes
+        `AttentionMaps` works on the result; nothing of size ``n^2`` is ever built.
+
+        Parameters
+        ----------
+        queries : sequence or callable
+            ``queries[i]``: ``(H, N, d)`` (one layer) or ``(L, H, N, d)`` unscaled queries
+            of image ``i``, numpy or zarr (anything ``np.asarray`` takes), float16
+            accepted. Or a callable ``image index -> (queries, keys)`` that serves them
+            lazily (then ``keys`` is None and ``n_images`` or ``geometries`` gives the
+            number of images).
+        keys : sequence, optional
+            ``keys[i]``, the same shape as ``queries[i]``.
+        grid : tuple of int
+            ``(h, w)`` with ``h * w == N``.
+        geometries : list of ImageGeometry, optional
+            One per image; default: images the size of the grid.
+        settings : dict, optional
+            JSON-able provenance (model, layers, timestep, seed, ...).
+        backend : callable, optional
+            ``backend(queries_i, keys_j) -> (N, N)`` float32 numpy array computing the same
+            formula (for example ``Engine.attention_backend`` on a GPU); default
+            `napari_corrseg.core.lazy_maps.numpy_attention`, chunked to bound memory.
+        cache_items : int
+            Maps kept in the LRU cache (each ``4 N^2`` bytes; 4 MiB at 32 x 32).
+        n_images : int, optional
+            Number of images when ``queries`` is a callable and no geometries are given.
+
+        Returns
+        -------
+        LazyAttentionMaps
+
+        Raises
+        ------
+        ValueError
+            On a missing grid, sequences of different lengths, or queries and keys whose
+            shapes do not fit the grid or each other.
+        """
+        from . import lazy_maps
+
+        if grid is None:
+            raise ValueError("from_query_key needs the token grid (h, w) of the queries")
+        grid = (int(grid[0]), int(grid[1]))
+        if callable(queries):
+            if keys is not None:
+                raise ValueError("with a callable image -> (queries, keys), leave keys as None")
+            if n_images is None:
+                if geometries is None:
+                    raise ValueError(
+                        "with a callable, pass n_images (or geometries, one per image)"
+                    )
+                n_images = len(geometries)
+            provider, checked = queries, False
+        else:
+            if keys is None or len(queries) != len(keys):
+                raise ValueError(
+                    "queries and keys must be two sequences with one entry per image, of "
+                    f"equal length (got {len(queries)} and "
+                    f"{'none' if keys is None else len(keys)})"
+                )
+            n_images = len(queries)
+            shapes = {
+                lazy_maps._check_tokens(queries[i], keys[i], i, grid[0] * grid[1])
+                for i in range(n_images)
+            }
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"queries and keys differ in shape between images ({sorted(shapes)}); "
+                    "every image needs the same layers and heads"
+                )
+            provider, checked = (lambda i: (queries[i], keys[i])), True
+        if n_images < 1:
+            raise ValueError("from_query_key needs at least one image")
+        return lazy_maps.LazyAttentionMaps(
+            provider,
+            int(n_images),
+            grid,
+            geometries,
+            dict(settings or {}),
+            backend,
+            cache_items,
+            checked=checked,
+        )
 
     def _get(self, i: int, j: int) -> np.ndarray:
         try:

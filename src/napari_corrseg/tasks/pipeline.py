@@ -288,17 +288,26 @@ def cosegment_images(
     images: Sequence[int] | None = None,
     *,
     threshold: float | str = "auto",
+    mapper: Callable | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CosegmentationResult:
     """Co-segment a collection: label maps whose ids agree across the images.
 
     Parameters
     ----------
     maps : AttentionMaps
-        Maps holding the self-attention of every image and the cross pairs between them.
+        Lazy maps (formed on demand from queries and keys, any number of images), or
+        maps held in memory with the cross pairs between the images (each image needs
+        both directions with at least one other image).
     images : sequence of int, optional
         Which images to co-segment (default: all).
     threshold : float or "auto"
-        Merge threshold; ``"auto"`` chooses it from the data.
+        Merge threshold of the segment clustering; ``"auto"`` chooses it from the data.
+    mapper : callable, optional
+        Runs the per-image stages elsewhere (see
+        `napari_corrseg.collection.cosegment.cosegment`).
+    progress : callable, optional
+        ``progress(stage, fraction)``.
 
     Returns
     -------
@@ -306,23 +315,22 @@ def cosegment_images(
         Label ids refer to the same segment in every image; the segment table also
         counts each segment's pixels per image.
     """
-    from ..core.cosegmentation import cosegment
+    from ..collection.cosegment import cosegment
 
     indices = list(range(maps.n_images)) if images is None else list(images)
     for index in indices:
         _check_index(maps, index, "image")
     if len(indices) < 2:
         raise CorrsegError("co-segmentation needs at least two images")
-    self_maps = [maps.self(i) for i in indices]
-    cross_maps = {
-        (a, b): _cross(maps, i, j)
-        for a, i in enumerate(indices)
-        for b, j in enumerate(indices)
-        if a != b and maps.has(i, j)
-    }
-    if not cross_maps:
+    chosen = maps if indices == list(range(maps.n_images)) else maps.subset(indices)
+    if not chosen.is_lazy and not chosen.pairs:
         raise CorrsegError("no cross attention between the images; extract with pairs='all'")
-    result = cosegment(self_maps, cross_maps, maps.grid, threshold=threshold)
+    try:
+        result = cosegment(chosen, threshold=threshold, mapper=mapper, progress=progress)
+    except ValueError as error:
+        if "cross maps" not in str(error):
+            raise
+        raise CorrsegError(str(error)) from None
     geometries = [maps.geometries[i] for i in indices]
     labels_grid = [np.asarray(labels) for labels in result.labels]
     labels = [grid_labels_to_pixels(lg, g) for lg, g in zip(labels_grid, geometries, strict=True)]
