@@ -52,10 +52,10 @@ class Outcome:
 # -- files the cases use -------------------------------------------------------------------
 
 
-def _good(folder: Path) -> Path:
+def _good(folder: Path, name: str = "good.png") -> Path:
     import imageio.v3 as iio
 
-    path = folder / "good.png"
+    path = folder / name
     if not path.exists():
         rows, cols = np.mgrid[0:64, 0:80]
         image = np.stack([rows * 4, cols * 3, 255 - rows * 4], axis=-1).astype(np.uint8)
@@ -143,7 +143,9 @@ def _csv_case(name, data: bytes | str, expected, check=None) -> Case:
             path.mkdir()
         elif data != "<missing>":
             path.write_bytes(data.encode() if isinstance(data, str) else data)
-        return ["transfer", _good(folder), path, _good(folder), "--out", folder / "out"]
+        # the target is another file: a collection transfer skips its own source
+        target = _good(folder, "target.png")
+        return ["transfer", _good(folder), path, target, "--out", folder / "out"]
 
     return Case("keypoints", name, argv, expected, check)
 
@@ -183,12 +185,13 @@ def _transferred(points, name=None) -> Callable[[Path, str], None]:
     def check(folder: Path, stderr: str) -> None:
         import csv
 
-        with open(folder / "out" / "transfer_0_1" / "source_points.csv", newline="") as handle:
+        # one keypoint file per image: the source's as read, the target's as carried
+        with open(folder / "out" / "points" / "good.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
         got = [(float(r["axis-0"]), float(r["axis-1"])) for r in rows]
         assert got == points, got
         if name is not None:
-            with open(folder / "out" / "transfer_0_1" / "target_points.csv", newline="") as f:
+            with open(folder / "out" / "points" / "target.csv", newline="") as f:
                 assert next(r["name"] for r in csv.DictReader(f)) == name
 
     return check

@@ -110,9 +110,6 @@ def test_match_writes_every_output(run, images, tmp_path):
 
 
 def test_coseg_writes_labels_of_each_image_shape(run, images, tmp_path):
-    from collection_standin import install
-
-    install()  # the collection algorithms, until the collection branch lands
     out = tmp_path / "coseg"
     store = tmp_path / "store"
     code, _, err = run(
@@ -129,9 +126,6 @@ def test_coseg_writes_labels_of_each_image_shape(run, images, tmp_path):
 
 
 def test_transfer_writes_one_row_per_keypoint(run, images, tmp_path):
-    from collection_standin import install
-
-    install()
     points = tmp_path / "points.csv"
     points.write_text("index,axis-0,axis-1\n0,10,20\n1,50.5,80\n2,0,0\n")
     out = tmp_path / "transfer"

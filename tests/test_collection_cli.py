@@ -21,13 +21,6 @@ from napari_corrseg import cli
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _standins():
-    from collection_standin import install
-
-    install()  # the collection algorithms, until the collection branch lands
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli") / "images"

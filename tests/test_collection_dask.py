@@ -42,10 +42,8 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model_dir):
-    from collection_standin import StandinPlugin, install
     from napari_corrseg.tasks.distributed import DaskScheduler, EngineSpec, SchedulerSpec
 
-    install()
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([HERE, *sys.path])  # workers import like us
     try:
@@ -59,7 +57,6 @@ def cluster(tiny_model_dir):
             os.environ.pop("PYTHONPATH")
         else:
             os.environ["PYTHONPATH"] = saved
-    scheduler.client.register_plugin(StandinPlugin())
     yield scheduler
     scheduler.close()
 
@@ -161,7 +158,7 @@ def test_dask_gives_the_labels_and_points_of_the_in_process_run(
     dask_t, none_t = _outputs(tmp_path / "dask_t"), _outputs(tmp_path / "none_t")
     assert sorted(n for n in dask_t if n.startswith("points/")) == [
         f"points/view_{k}.csv"
-        for k in range(1, 8)  # every image but the source
+        for k in range(8)  # the source's keypoints as read, every other image's carried
     ]
     assert dask_t == none_t
     table = list(csv.DictReader(open(tmp_path / "dask_t" / "points" / "view_5.csv")))
@@ -213,7 +210,7 @@ def test_a_killed_worker_loses_nothing(cluster, folder, tmp_path, lazy_engine):
     """SIGKILL the busy worker's process in the middle of a fill: Dask reruns its image on
     the other worker (its nanny restarts it, reloading the model), every image is stored
     once and intact, and the tokens equal an undisturbed run's."""
-    from collection_standin import SlowWritesPlugin
+    from dask_plugins import SlowWritesPlugin
 
     client = cluster.client
     paths = list_image_files([folder])

@@ -23,13 +23,6 @@ from napari_corrseg.tasks.collection import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _standins():
-    from collection_standin import install
-
-    install()  # the collection algorithms, until the collection branch lands
-
-
 def _images(n: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     out = []

@@ -60,9 +60,6 @@ def test_backend_takes_one_layer_and_float16(tiny_engine, extracted):
 
 
 def test_maps_from_the_store_match_the_dense_maps(tmp_path, tiny_engine, extracted, images):
-    from collection_standin import install
-
-    install()  # AttentionMaps.from_query_key, until the collection branch lands
     settings = store_settings(tiny_engine.identity, tiny_engine.image_size)
     store = TokenStore(tmp_path / "store", settings)
     keys = [f"{n:064x}" for n in range(len(images))]

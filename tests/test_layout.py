@@ -71,10 +71,15 @@ def test_old_module_paths_give_the_moved_modules(old, new):
 
 def test_old_from_import_form_works_in_a_fresh_interpreter():
     done = _run_isolated(
+        "import warnings\n"
+        "warnings.simplefilter('error')\n"
         "from napari_corrseg.maps import AttentionMaps\n"
         "from napari_corrseg.io import read_image\n"
         "import napari_corrseg.pipeline as p\n"
         "assert AttentionMaps.__module__ == 'napari_corrseg.core.maps'\n"
         "assert p.__name__ == 'napari_corrseg.tasks.pipeline'\n"
+        "assert p.__spec__.name == 'napari_corrseg.tasks.pipeline'\n"
+        "import napari_corrseg.cache as c\n"
+        "c.default_cache_dir()  # a lazy relative import inside a moved module\n"
     )
     assert done.returncode == 0, done.stderr

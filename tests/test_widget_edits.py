@@ -135,7 +135,10 @@ def test_edited_match_points_survive_a_confidence_change(viewer, qtbot, monkeypa
 
 def test_painted_labels_survive_a_threshold_change_and_a_rerun(viewer, qtbot, monkeypatch):
     widget = segmenter(viewer, monkeypatch)
-    run_and_wait(qtbot, widget)
+    # the pair's warp maps have no region structure: the outcome is "warned" (no clear
+    # structure); what matters is that the rerun ends the same way and keeps the paint
+    first_outcome = run_and_wait(qtbot, widget)
+    assert first_outcome in ("done", "warned")
     first, second = plugin_layers(viewer, "coseg")
     first.paint((20, 20), 99)  # the paint tool's brush on our layer
     painted = np.array(first.data, copy=True)
@@ -148,7 +151,8 @@ def test_painted_labels_survive_a_threshold_change_and_a_rerun(viewer, qtbot, mo
     new_first = [layer for layer in plugin_layers(viewer, "coseg") if layer is not second]
     assert len(new_first) == 1 and not (new_first[0].data == 99).any()
 
-    assert run_and_wait(qtbot, widget) == "done"  # a rerun keeps the painted layer too
+    widget.threshold.value = "auto"  # back to the first run's threshold
+    assert run_and_wait(qtbot, widget) == first_outcome  # a rerun keeps the paint too
     assert_released(first, painted, "edited")
     assert len(plugin_layers(viewer, "coseg")) == 2
 

@@ -86,10 +86,15 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         moved = spec.name.partition(".")[2]
-        return importlib.import_module(f"{__name__}.{MOVED_MODULES[moved]}")
+        module = importlib.import_module(f"{__name__}.{MOVED_MODULES[moved]}")
+        spec.loader_state = module.__spec__  # the import system replaces it next
+        return module
 
-    def exec_module(self, module):  # the target module is already executed
-        pass
+    def exec_module(self, module):
+        # the target module is already executed; the import system has just set its
+        # __spec__ to the alias's, which would make its own relative imports resolve
+        # against the wrong parent (ImportWarning "__package__ != __spec__.parent")
+        module.__spec__ = module.__spec__.loader_state
 
 
 if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):

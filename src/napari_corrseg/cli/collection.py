@@ -332,7 +332,9 @@ def run_transfer(args: argparse.Namespace, context: Context) -> int:
             progress=run.bar,
         )
         run.bar.close()
-        outputs = write_collection_transfer(out.staging, result, columns=table.columns)
+        outputs = write_collection_transfer(
+            out.staging, result, columns=table.columns, annotations={0: points}
+        )
         geometries = [store.geometry(key) for key in report.keys]
         committed = out.commit(_record("transfer", run, store, report, paths, geometries, outputs))
     worst = result.names[result.ranking[0][0]] if result.ranking else "-"

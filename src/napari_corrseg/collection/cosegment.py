@@ -249,6 +249,7 @@ def cosegment(
         threshold=cut,
         merge_distances=merge_distances,
         gap_ratio=gap_ratio,
+        unstructured_images=[s.image for s in segments if s.no_clear_structure],
     )
 
 

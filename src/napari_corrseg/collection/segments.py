@@ -50,6 +50,9 @@ class ImageSegments:
         partners for segments that found none.
     threshold, gap_ratio : float
         The image's own automatic segmentation threshold and how clear it was.
+    no_clear_structure : bool
+        The image's attention does not separate into parts
+        (`core.segmentation.Segmentation.no_clear_structure`).
     """
 
     image: int
@@ -60,6 +63,7 @@ class ImageSegments:
     segment_descriptors: np.ndarray | None
     threshold: float
     gap_ratio: float
+    no_clear_structure: bool = False
 
     @property
     def n_segments(self) -> int:
@@ -165,6 +169,7 @@ def segment_stage(
         segment_descriptors=segment_descriptors(maps, image, labels),
         threshold=float(seg.threshold),
         gap_ratio=float(seg.gap_ratio),
+        no_clear_structure=bool(seg.no_clear_structure),
     )
 
 

@@ -14,7 +14,7 @@ numpy only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -82,6 +82,9 @@ class Cosegmentation:
         Ascending merge distances of the segment clustering (running maximum).
     gap_ratio : float
         Upper / lower merge distance around the cut.
+    unstructured_images : list of int
+        Images whose own attention shows no clear structure (each is one segment; see
+        `core.segmentation.Segmentation.no_clear_structure`).
     """
 
     labels: list[np.ndarray]
@@ -90,6 +93,12 @@ class Cosegmentation:
     threshold: float
     merge_distances: np.ndarray
     gap_ratio: float
+    unstructured_images: list[int] = field(default_factory=list)
+
+    @property
+    def no_clear_structure(self) -> bool:
+        """No image of the collection shows clear structure."""
+        return len(self.unstructured_images) == len(self.labels)
 
     @property
     def n_segments(self) -> int:

@@ -90,20 +90,38 @@ def write_collection_transfer(
     result: CollectionTransferResult,
     *,
     columns: dict[str, np.ndarray] | None = None,
+    annotations: dict[int, np.ndarray] | None = None,
 ) -> list[str]:
     """Write per-image keypoint CSVs and label TIFFs, and the ranked summary.
 
     ``columns`` are the keypoint table's own columns (`files.points.PointsTable.columns`,
     e.g. ``name``), one value per keypoint: every keypoint CSV carries them after
-    ``keypoint_id``, as `files.export.write_transfer` does. Returns the written paths,
-    relative to ``folder``.
+    ``keypoint_id``, as `files.export.write_transfer` does. ``annotations`` are the
+    keypoints of the annotated images as read (``{image: (P, 2) pixels}``): each gets its
+    own CSV too (confidence 1, its own name as source), so the folder holds one keypoint
+    file per image. Returns the written paths, relative to ``folder``.
     """
     folder = Path(folder)
     names = result.names
     carried = carried_columns(columns)
     written, files = [], {}
-    if result.points:
+    if result.points or annotations:
         (folder / "points").mkdir(parents=True, exist_ok=True)
+    for image, given in sorted((annotations or {}).items()):
+        relative = f"points/{names[image]}.csv"
+        given = np.asarray(given, dtype=np.float64).reshape(-1, 2)
+        write_points_csv(
+            folder / relative,
+            given,
+            {
+                "keypoint_id": np.arange(len(given)),
+                **carried,
+                "confidence": np.ones(len(given)),
+                "cycle_error": np.zeros(len(given)),
+                "source": np.full(len(given), names[image], dtype=object),
+            },
+        )
+        written.append(relative)
     for target, moved in sorted(result.points.items()):
         relative = f"points/{names[target]}.csv"
         source = [names[s] if 0 <= s < len(names) else "" for s in moved.source.tolist()]
@@ -122,12 +140,12 @@ def write_collection_transfer(
         written.append(relative)
     if result.labels:
         (folder / "labels").mkdir(parents=True, exist_ok=True)
-    for target, carried in sorted(result.labels.items()):
+    for target, proposal in sorted(result.labels.items()):
         relative = f"labels/{names[target]}.tif"
-        write_tiff(folder / relative, carried.labels.astype(_labels_dtype(carried.labels)))
+        write_tiff(folder / relative, proposal.labels.astype(_labels_dtype(proposal.labels)))
         write_tiff(
             folder / f"labels/{names[target]}_confidence.tif",
-            carried.confidence.astype(np.float32),
+            proposal.confidence.astype(np.float32),
         )
         files.setdefault(target, {})["labels"] = relative
         written += [relative, f"labels/{names[target]}_confidence.tif"]

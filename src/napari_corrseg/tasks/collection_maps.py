@@ -26,7 +26,6 @@ from .collection_results import (
     CollectionPoints,
     CollectionTransferResult,
 )
-from .pipeline import lacks_clear_structure
 from .results import grid_labels_to_pixels
 
 __all__ = ["LocalMapper", "cosegment_collection", "transfer_over_collection"]
@@ -147,7 +146,7 @@ def cosegment_collection(
         threshold=float(getattr(result, "threshold", np.nan)),
         geometries=geometries,
         ranking=ranking,
-        no_clear_structure=lacks_clear_structure(result),
+        no_clear_structure=result.no_clear_structure,
     )
 
 

@@ -266,7 +266,7 @@ def segment_image(
         threshold=float(result.threshold),
         n_segments=int(result.n_segments),
         geometry=geometry,
-        no_clear_structure=bool(getattr(result, "no_clear_structure", False)),
+        no_clear_structure=result.no_clear_structure,
     )
 
 
@@ -344,19 +344,8 @@ def cosegment_images(
         unmatched=_jsonable(result.unmatched),
         threshold=float(result.threshold),
         geometries=geometries,
-        no_clear_structure=lacks_clear_structure(result),
+        no_clear_structure=result.no_clear_structure,
     )
-
-
-def lacks_clear_structure(result: Any) -> bool:
-    """The co-segmentation's own flag, else judged from its gap ratio (NaN: given cut)."""
-    from ..core.segmentation import is_clear_gap
-
-    flag = getattr(result, "no_clear_structure", None)
-    if flag is not None:
-        return bool(np.any(flag))
-    gap_ratio = float(getattr(result, "gap_ratio", float("nan")))
-    return bool(np.isfinite(gap_ratio) and not is_clear_gap(gap_ratio))
 
 
 def propagate_label_image(
