@@ -148,7 +148,67 @@ def test_transfer_writes_one_row_per_keypoint(run, images, tmp_path):
     assert (moved >= -0.5).all() and (moved[:, 0] <= 63.5).all() and (moved[:, 1] <= 47.5).all()
     assert all(0 <= float(r["confidence"]) <= 1 and r["source"] == "a" for r in rows)
     assert [r["image"] for r in _csv(out / "summary.csv")] == ["b"]
-    assert json.loads((out / "run.json").read_text())["points_file"] == str(points)
+    annotations = json.loads((out / "run.json").read_text())["annotations"]
+    assert annotations == [{"image": str(images[0]), "file": str(points)}]
+
+
+def test_transfer_from_several_sources_picks_a_marked_source_per_point(run, images, tmp_path):
+    """Row k of every table is keypoint k; a row left empty on one source means that
+    keypoint is not visible there, so its proposal must come from another source."""
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text("row,col,name\n10,20,nose\n30,40,ear\n,,tail\n")
+    second.write_text("row,col\n5,5\n,\n20,30\n")
+    out = tmp_path / "transfer"
+    code, _, err = run(
+        "transfer", images[0], first, images[1], "--source", images[2], second,
+        "--out", out, "--store", tmp_path / "store", "--model", "tiny",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = _csv(out / "points" / "b.csv")
+    assert [r["name"] for r in rows] == ["nose", "ear", "tail"]
+    assert rows[1]["source"] == "a", "keypoint 1 is marked on a only"
+    assert rows[2]["source"] == "c", "keypoint 2 is marked on c only"
+    assert [r["keypoint_id"] for r in _csv(out / "points" / "c.csv")] == ["0", "2"]
+    assert [r["image"] for r in _csv(out / "summary.csv")] == ["b"]
+
+
+def test_transfer_carries_painted_labels(run, images, tmp_path):
+    labels = np.zeros((72, 96), np.uint16)  # a.png is 72 x 96
+    labels[10:40, 20:60] = 3
+    painted = tmp_path / "a_labels.tif"
+    tifffile.imwrite(painted, labels)
+    out = tmp_path / "transfer"
+    code, _, err = run(
+        "transfer", images[0], painted, images[1], images[2],
+        "--out", out, "--store", tmp_path / "store", "--model", "tiny", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    for name, shape in (("b", (64, 48)), ("c", (40, 56))):
+        carried = tifffile.imread(out / "labels" / f"{name}.tif")
+        assert carried.shape == shape and set(np.unique(carried)) <= {0, 3}
+        confidence = tifffile.imread(out / "labels" / f"{name}_confidence.tif")
+        assert confidence.shape == shape and (0 <= confidence).all() and (confidence <= 1).all()
+    assert sorted(r["image"] for r in _csv(out / "summary.csv")) == ["b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: tifffile.imwrite(p, np.zeros((10, 10), np.uint8)), "paint them on that"),
+        (lambda p: tifffile.imwrite(p, np.zeros((72, 96), np.float32)), "integer ids"),
+        (lambda p: tifffile.imwrite(p, np.zeros((2, 72, 96), np.uint8)), "2 pages"),
+    ],
+)
+def test_unusable_label_images_are_named_before_the_model_loads(
+    run, images, tmp_path, make, message
+):
+    painted = tmp_path / "labels.tif"
+    make(painted)
+    code, _, err = run(
+        "transfer", images[0], painted, images[1], "--out", tmp_path / "o", "--model", "tiny",
+    )  # fmt: skip
+    assert code == 3 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cache_hit_does_not_touch_the_model(run, images, tmp_path, monkeypatch, tiny_engine):
@@ -305,3 +365,18 @@ def test_registry_accepts_a_new_subcommand(capsys, monkeypatch):
     cli.register(cli.Subcommand("hello", "a subcommand added by another module", add, run_it))
     assert cli.main(["hello", "--alpha", "0.05", "--model", "tiny"]) == 0
     assert seen == {"alpha": 0.05}
+
+
+def test_cache_info_and_clear_cover_the_token_store(run, images, tmp_path, capsys):
+    """One place to see and clear what napari-corrseg keeps: maps, latents and tokens;
+    the token store (hours of compute on a big collection) goes only when asked."""
+    assert run("extract", *images, "--model", "tiny", "-q")[0] == 0  # the default store
+    tokens = tmp_path / "cache" / "tokens"
+    code, out, _ = run("cache", "info")
+    assert code == 0 and "tokens:    3 image(s)" in out and str(tokens) in out
+    code, out, _ = run("cache", "clear")
+    assert code == 0 and "kept the token store" in out and tokens.is_dir()
+    code, out, _ = run("cache", "clear", "--tokens")
+    assert code == 0 and "removed 3 image(s) of the token store" in out
+    assert not tokens.exists()
+    assert "tokens:    0 image(s)" in run("cache", "info")[1]

@@ -107,3 +107,17 @@ def test_layers_of_several_grid_sides_are_refused(tiny_engine):
 
     with pytest.raises(Cancelled):
         list(tiny_engine.iter_query_key([np.zeros((32, 32))], cancel=lambda: True))
+
+
+def test_extract_lazy_gives_the_maps_extract_gives(tiny_engine, images):
+    """The engine's collection form: every self and cross map on demand, equal to the
+    dense maps of the same images (float32 tokens: the same arithmetic)."""
+    dense = tiny_engine.extract(images, pairs="all")
+    lazy = tiny_engine.extract_lazy(images, cache_items=2)
+    assert lazy.is_lazy and lazy.n_images == len(images) and lazy.grid == dense.grid
+    assert lazy.settings["layers"] == dense.settings["layers"]
+    for i in range(len(images)):
+        assert lazy.geometries[i] == dense.geometries[i]
+        for j in range(len(images)):
+            np.testing.assert_allclose(lazy.cross(i, j), dense.cross(i, j), atol=1e-5)
+    assert lazy.cache_info()["maps"] <= 2

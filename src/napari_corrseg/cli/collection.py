@@ -31,13 +31,6 @@ __all__ = [
 ]
 
 
-def default_store_dir() -> Path:
-    """``<napari-corrseg cache dir>/tokens`` (``$NAPARI_CORRSEG_CACHE_DIR`` respected)."""
-    from ..files.cache import default_cache_dir
-
-    return default_cache_dir() / "tokens"
-
-
 def _collection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("collection")
     group.add_argument(
@@ -99,9 +92,24 @@ def coseg_arguments(parser: argparse.ArgumentParser) -> None:
 def transfer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="the annotated source image")
     parser.add_argument(
-        "points", type=Path, help="CSV of source keypoints (napari Points CSV or row,col)"
+        "annotation",
+        type=Path,
+        metavar="POINTS.csv|LABELS.tif",
+        help="what was marked on the source: a keypoint table (napari Points CSV or "
+        "row,col) or painted labels (a napari Labels layer saved as TIFF or PNG)",
     )
-    _inputs(parser, "target images: files and/or folders (the source is skipped)")
+    _inputs(parser, "target images: files and/or folders (annotated images are skipped)")
+    parser.add_argument(
+        "--source",
+        dest="more_sources",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("IMAGE", "POINTS.csv|LABELS.tif"),
+        help="one more annotated image and what was marked on it; repeat for several. Row k "
+        "of every keypoint table is the same keypoint (leave a row empty where it is not "
+        "visible); each proposal comes from the source that supports it best",
+    )
     _add_output_options(parser)
     _collection_options(parser)
 
@@ -141,6 +149,7 @@ class _Run:
         self.bar = context.progress()
 
     def open_store(self):
+        from ..collection.store_entries import default_store_dir
         from ..tasks.collection import open_store
 
         folder = self.args.store if self.args.store is not None else default_store_dir()
@@ -235,7 +244,10 @@ def _record(command: str, run: _Run, store, report, paths, geometries, outputs) 
         },
     }
     if command == "transfer":
-        extra["points_file"] = str(args.points)
+        extra["annotations"] = [
+            {"image": str(image), "file": str(annotation)}
+            for image, annotation in [(args.source, args.annotation), *args.more_sources]
+        ]
     return run_record(command, args, run.engine, maps, paths, outputs, extra=extra)
 
 
@@ -297,9 +309,48 @@ def run_coseg(args: argparse.Namespace, context: Context) -> int:
     return 0
 
 
+def _read_annotations(args: argparse.Namespace, images) -> tuple[dict, dict, dict]:
+    """The keypoint tables and label images of every annotated image, checked against
+    that image before any model loads: ``({image: points}, {image: labels}, columns)``."""
+    from ..files.io import read_label_image, read_points_table
+
+    keypoints, labels, columns = {}, {}, {}
+    pairs = [(args.source, args.annotation), *((Path(i), Path(a)) for i, a in args.more_sources)]
+    for index, (_, annotation) in enumerate(pairs):
+        shape = images.shapes[index]
+        if annotation.suffix.lower() in (".csv", ".tsv", ".txt"):
+            # with several sources a keypoint may be hidden on some: empty rows allowed
+            table = read_points_table(annotation, allow_missing=len(pairs) > 1)
+            _check_points_inside(table.points, shape, annotation)
+            keypoints[index] = table.points
+            columns = columns or table.columns  # the first table's names label the rows
+        else:
+            painted = read_label_image(annotation)
+            if painted.shape != tuple(shape):
+                raise InputImageError(
+                    f"labels {annotation} are {painted.shape[0]}x{painted.shape[1]} but their "
+                    f"image is {shape[0]}x{shape[1]} pixels; paint them on that image"
+                )
+            labels[index] = painted
+    counts = {len(points) for points in keypoints.values()}
+    if len(counts) > 1:
+        raise InputImageError(
+            f"the keypoint tables have different numbers of rows {sorted(counts)}; row k of "
+            "every table is keypoint k (leave a row empty where it is not visible)"
+        )
+    if keypoints:
+        marked = np.any([np.isfinite(p).all(axis=1) for p in keypoints.values()], axis=0)
+        if not marked.all():
+            raise InputImageError(
+                f"keypoint {int(np.argmin(marked))} is marked on no annotated image; give its "
+                "position on at least one"
+            )
+    return keypoints, labels, columns
+
+
 def run_transfer(args: argparse.Namespace, context: Context) -> int:
     from ..files.collection_export import write_collection_transfer
-    from ..files.io import output_transaction, read_points_table
+    from ..files.io import output_transaction
     from ..tasks.collection import (
         collect_images,
         list_image_files,
@@ -307,15 +358,17 @@ def run_transfer(args: argparse.Namespace, context: Context) -> int:
     )
 
     spec = _check_common(args)
-    table = read_points_table(args.points)
-    points = table.points
-    source = list_image_files([args.source])[0]
-    targets = [p for p in list_image_files(args.inputs) if p.resolve() != source.resolve()]
+    sources = [args.source, *(Path(image) for image, _ in args.more_sources)]
+    sources = [list_image_files([source])[0] for source in sources]
+    annotated = {source.resolve() for source in sources}
+    if len(annotated) < len(sources):
+        raise InputImageError("an annotated image is given twice; give each source once")
+    targets = [p for p in list_image_files(args.inputs) if p.resolve() not in annotated]
     if not targets:
-        raise InputImageError("no target images besides the source; give other images")
-    paths = [source, *targets]
+        raise InputImageError("no target images besides the annotated ones; give other images")
+    paths = [*sources, *targets]
     images = collect_images(paths)
-    _check_points_inside(points, images.shapes[0], args.points)
+    keypoints, labels, columns = _read_annotations(args, images)
     with (
         output_transaction(args.out, overwrite=args.overwrite) as out,
         _running(args, context, spec) as run,
@@ -325,7 +378,8 @@ def run_transfer(args: argparse.Namespace, context: Context) -> int:
         result = transfer_over_collection(
             store,
             report.keys,
-            keypoints={0: points},
+            keypoints=keypoints or None,
+            labels=labels or None,
             names=images.names,
             scheduler=run.scheduler,
             backend=run.backend(),
@@ -333,20 +387,32 @@ def run_transfer(args: argparse.Namespace, context: Context) -> int:
         )
         run.bar.close()
         outputs = write_collection_transfer(
-            out.staging, result, columns=table.columns, annotations={0: points}
+            out.staging, result, columns=columns, annotations=keypoints
         )
         geometries = [store.geometry(key) for key in report.keys]
         committed = out.commit(_record("transfer", run, store, report, paths, geometries, outputs))
+    marked = " and ".join(
+        part
+        for part in (
+            f"{len(next(iter(keypoints.values())))} keypoints" if keypoints else "",
+            "painted labels" if labels else "",
+        )
+        if part
+    )
     worst = result.names[result.ranking[0][0]] if result.ranking else "-"
-    context.say(f"{len(points)} keypoints -> {len(targets)} images; least confident: {worst}")
+    context.say(
+        f"{marked} of {len(sources)} annotated image(s) -> {len(targets)} images; least "
+        f"confident: {worst}"
+    )
     context.say(committed.summary())
     return 0
 
 
 def _check_points_inside(points: np.ndarray, shape: tuple[int, int], path: Path) -> None:
+    marked = np.isfinite(points).all(axis=1)
     inside = (points >= -0.5).all(axis=1) & (points <= np.asarray(shape) - 0.5).all(axis=1)
-    if not inside.all():
-        bad = int(np.flatnonzero(~inside)[0])
+    if not (inside | ~marked).all():
+        bad = int(np.flatnonzero(~inside & marked)[0])
         raise InputImageError(
             f"point {bad} of {path} ({points[bad][0]:g}, {points[bad][1]:g}) lies outside the "
             f"source image of {shape[0]}x{shape[1]} pixels; coordinates are (row, col) pixels"

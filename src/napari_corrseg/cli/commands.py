@@ -104,16 +104,25 @@ def cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
         choices=["info", "clear"],
-        help="info: where the cache is and how big; clear: delete it",
+        help="info: where the caches are and how big; clear: delete the attention maps and "
+        "latents (and, with --tokens, the token store)",
+    )
+    parser.add_argument(
+        "--tokens",
+        action="store_true",
+        help="clear also deletes the default token store (every image's queries and keys: "
+        "the collection commands must run the model again)",
     )
 
 
 def run_cache(args: argparse.Namespace, context: Context) -> int:
+    from ..collection.store_entries import clear_store, default_store_dir, store_usage
     from ..files.cache import MapCache
     from ..files.fingerprint import MEMO_FILE
     from ..files.latent_cache import LatentCache, default_latent_dir
 
     cache = MapCache()
+    tokens = default_store_dir()
     if args.action == "clear":
         count = cache.clear()
         latents = LatentCache(default_latent_dir()).clear()
@@ -122,12 +131,19 @@ def run_cache(args: argparse.Namespace, context: Context) -> int:
             f"removed {count} cached attention-map file(s) and {latents} cached latent(s) "
             f"from {cache.directory}"
         )
+        if args.tokens:
+            print(f"removed {clear_store(tokens)} image(s) of the token store {tokens}")
+        elif store_usage(tokens)[0]:
+            print(f"kept the token store {tokens} (add --tokens to delete it too)")
     else:
         info = cache.info()
         latents = len(list(default_latent_dir().glob("*.npz")))
+        entries, size = store_usage(tokens)
         print(
             f"directory: {info.directory}\nentries:   {info.entries}\n"
             f"size:      {info.total_bytes / 2**20:.1f} MiB of {info.max_bytes / 2**20:.0f} "
-            f"MiB (set NAPARI_CORRSEG_CACHE_MAX_MB to change)\nlatents:   {latents}"
+            f"MiB (set NAPARI_CORRSEG_CACHE_MAX_MB to change)\nlatents:   {latents}\n"
+            f"tokens:    {entries} image(s), {size / 2**20:.1f} MiB in {tokens} (no size "
+            "limit: each image is computed once, ever; 'cache clear --tokens' deletes it)"
         )
     return 0

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -231,3 +232,37 @@ def stale_partial(entry: Path, now: float, max_age_s: float) -> bool:
         and not pid_alive(int(parts[2]))
     )
     return dead or age > max_age_s
+
+
+def default_store_dir() -> Path:
+    """``<napari-corrseg cache dir>/tokens`` (``$NAPARI_CORRSEG_CACHE_DIR`` respected): the
+    store the collection commands and the widgets use unless told otherwise."""
+    from ..files.cache import default_cache_dir
+
+    return default_cache_dir() / "tokens"
+
+
+def store_usage(root: str | Path) -> tuple[int, int]:
+    """``(entries, bytes)`` of a token store folder, over every settings namespace;
+    ``(0, 0)`` for a folder that is missing or not a store."""
+    root = Path(root)
+    if not (root / MARKER).is_file():
+        return 0, 0
+    entries = 0
+    size = 0
+    for namespace in root.glob("s-*"):
+        for entry in namespace.glob("*/*"):
+            if entry.is_dir() and KEY_PATTERN.fullmatch(entry.name):
+                entries += 1
+        size += sum(f.stat().st_size for f in namespace.rglob("*") if f.is_file())
+    return entries, size
+
+
+def clear_store(root: str | Path) -> int:
+    """Delete a token store folder (only one marked as a store); return its entries."""
+    root = Path(root)
+    if not (root / MARKER).is_file():
+        return 0
+    entries, _ = store_usage(root)
+    shutil.rmtree(root)
+    return entries

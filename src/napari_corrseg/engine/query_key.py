@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..core.images import prepare_image
-from ..core.maps import ImageGeometry
+from ..core.maps import AttentionMaps, ImageGeometry
 from ..errors import Cancelled, InputImageError
 from .capture import (
     CHUNK_ELEMENTS,
@@ -203,6 +203,70 @@ class QueryKeyMixin:
         ):
             out[index] = (queries, keys, geometry)
         return out  # type: ignore[return-value]
+
+    def extract_lazy(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        layers: str | int | Sequence[int | str] = "auto",
+        timestep: int = 261,
+        seed: int = 0,
+        batch_size: int | None = None,
+        cache_items: int = 16,
+        progress: Callable[[str, float], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> AttentionMaps:
+        """A collection's attention maps in their lazy form: each image through the UNet
+        once, its queries and keys kept (float32, in memory), every self or cross map
+        formed when asked (`AttentionMaps.from_query_key` with `attention_backend`).
+
+        What `extract` gives for the same layers, for any number of images, without
+        forming ``n^2`` maps: use it for collections, `extract` for a pair or a few
+        images, and a `napari_corrseg.collection.store.TokenStore` (``store.maps(keys)``)
+        for collections too large for memory (~16 MB per image at 512 px) or worth
+        keeping between sessions.
+
+        Parameters
+        ----------
+        images, layers, timestep, seed, batch_size, progress, cancel
+            As for `extract_query_key`.
+        cache_items : int
+            Maps kept after they are formed (least recently used dropped first).
+
+        Returns
+        -------
+        AttentionMaps
+            Lazy (``is_lazy``); ``settings`` as `extract` records them.
+        """
+        extracted = self.extract_query_key(
+            images,
+            layers=layers,
+            timestep=timestep,
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress,
+            cancel=cancel,
+        )
+        chosen = self.query_key_layers(layers)
+        geometries = [geometry for _, _, geometry in extracted]
+        settings = {
+            "model": dict(self.identity),
+            "layers": [layer.name for layer in chosen],
+            "resolutions": [chosen[0].resolution],
+            "timestep": int(timestep),
+            "seed": int(seed),
+            "image_size": self.image_size,
+            "prompt": "",
+        }
+        return AttentionMaps.from_query_key(
+            [queries for queries, _, _ in extracted],
+            [keys for _, keys, _ in extracted],
+            geometries[0].grid,
+            geometries=geometries,
+            settings=settings,
+            backend=self.attention_backend,
+            cache_items=cache_items,
+        )
 
     @torch.inference_mode()
     def iter_query_key(

@@ -97,9 +97,10 @@ def write_collection_transfer(
     ``columns`` are the keypoint table's own columns (`files.points.PointsTable.columns`,
     e.g. ``name``), one value per keypoint: every keypoint CSV carries them after
     ``keypoint_id``, as `files.export.write_transfer` does. ``annotations`` are the
-    keypoints of the annotated images as read (``{image: (P, 2) pixels}``): each gets its
-    own CSV too (confidence 1, its own name as source), so the folder holds one keypoint
-    file per image. Returns the written paths, relative to ``folder``.
+    keypoints of the annotated images as read (``{image: (P, 2) pixels}``, NaN rows where
+    a keypoint is not marked): each gets its own CSV too (its marked rows, confidence 1,
+    its own name as source), so the folder holds one keypoint file per image. Returns the
+    written paths, relative to ``folder``.
     """
     folder = Path(folder)
     names = result.names
@@ -110,15 +111,16 @@ def write_collection_transfer(
     for image, given in sorted((annotations or {}).items()):
         relative = f"points/{names[image]}.csv"
         given = np.asarray(given, dtype=np.float64).reshape(-1, 2)
+        marked = np.isfinite(given).all(axis=1)  # rows left empty: not visible there
         write_points_csv(
             folder / relative,
-            given,
+            given[marked],
             {
-                "keypoint_id": np.arange(len(given)),
-                **carried,
-                "confidence": np.ones(len(given)),
-                "cycle_error": np.zeros(len(given)),
-                "source": np.full(len(given), names[image], dtype=object),
+                "keypoint_id": np.flatnonzero(marked),
+                **{name: values[marked] for name, values in carried.items()},
+                "confidence": np.ones(int(marked.sum())),
+                "cycle_error": np.zeros(int(marked.sum())),
+                "source": np.full(int(marked.sum()), names[image], dtype=object),
             },
         )
         written.append(relative)

@@ -44,7 +44,7 @@ from .output_folder import (
     prepare_output_dir,
 )
 from .points import PointsTable, read_points_csv, read_points_table
-from .readers import IMAGE_SUFFIXES, read_image
+from .readers import IMAGE_SUFFIXES, read_image, read_label_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -60,6 +60,7 @@ __all__ = [
     "output_transaction",
     "prepare_output_dir",
     "read_image",
+    "read_label_image",
     "read_points_csv",
     "read_points_table",
     "write_bytes",

@@ -138,7 +138,9 @@ def read_points_table(path: str | Path, *, allow_missing: bool = False) -> Point
         raise InputImageError(f"points file {path} is empty; it needs row,col per point")
     delimiter = _delimiter(lines[0][1])
     rows = [(number, _cells(line, delimiter)) for number, line in lines]
-    rows = [(number, cells) for number, cells in rows if any(cells)]
+    # a line of empty cells (",,") is a keypoint not marked on this image when missing
+    # keypoints are allowed, and nothing otherwise
+    rows = [(n, cells) for n, cells in rows if any(cells) or (allow_missing and len(cells) > 1)]
     decimal_comma = delimiter == ";"
     first = rows[0][1]
     if all(_is_number(c, decimal_comma) for c in first):

@@ -27,7 +27,7 @@ import numpy as np
 from ..core.images import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, prepare_image
 from ..errors import InputImageError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "read_label_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -95,6 +95,55 @@ def read_image(path: str | Path) -> np.ndarray:
             "reads PNG, JPEG, BMP and TIFF files; open it in an image viewer to check it"
         ) from None
     return _check(image, path)
+
+
+def read_label_image(path: str | Path) -> np.ndarray:
+    """Read a painted label image (TIFF or PNG): one 2-D plane of integer ids, 0 = none.
+
+    This is what napari's Labels layer saves. Unlike `read_image` the values are ids, so
+    nothing is rescaled; a colour, float, multi-page or negative-valued file is refused.
+
+    Raises
+    ------
+    InputImageError
+        Missing, unreadable, not one 2-D integer plane, or with negative ids.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputImageError(f"labels {path} is a folder; give the label image file")
+    if not path.is_file():
+        raise InputImageError(f"labels {path} does not exist; check the path")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tiff:
+                if len(tiff.pages) != 1:
+                    raise InputImageError(
+                        f"labels {path} has {len(tiff.pages)} pages; save the labels of "
+                        "the one annotated image as a single plane"
+                    )
+                labels = tiff.pages[0].asarray()
+        else:
+            import imageio.v3 as iio
+
+            labels = iio.imread(path)
+    except InputImageError:
+        raise
+    except Exception as error:  # any decoder failure is the user's file, not our bug
+        raise InputImageError(
+            f"cannot read labels {path} ({type(error).__name__}: {error}); save the Labels "
+            "layer as TIFF"
+        ) from None
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "iub":
+        raise InputImageError(
+            f"labels {path} hold {labels.dtype} values of shape {labels.shape}; painted "
+            "labels are one 2-D plane of integer ids (save a napari Labels layer as TIFF)"
+        )
+    if labels.size and labels.min() < 0:
+        raise InputImageError(f"labels {path} has negative ids; ids are 0 (none) or more")
+    return labels
 
 
 def _check(image: np.ndarray, path: Path) -> np.ndarray:
