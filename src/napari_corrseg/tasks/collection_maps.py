@@ -26,7 +26,7 @@ from .collection_results import (
     CollectionPoints,
     CollectionTransferResult,
 )
-from .results import grid_labels_to_pixels
+from .results import grid_labels_to_pixels, plain_values
 
 __all__ = ["LocalMapper", "cosegment_collection", "transfer_over_collection"]
 
@@ -63,22 +63,6 @@ def _names(keys: Sequence[str], names: Sequence[str] | None) -> list[str]:
     if len(names) != len(keys):
         raise ValueError(f"{len(names)} names for {len(keys)} images")
     return list(names)
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def cosegment_collection(
@@ -125,37 +109,25 @@ def cosegment_collection(
     geometries = list(maps.geometries)
     labels_grid = [np.asarray(labels) for labels in result.labels]
     labels = [grid_labels_to_pixels(lg, g) for lg, g in zip(labels_grid, geometries, strict=True)]
-    segments = [_jsonable(record) for record in result.segments]
-    consistency = {
-        int(s["id"]): float(s["consistency"]) if s.get("consistency") is not None else 0.0
-        for s in segments
-    }
-    scores = getattr(result, "image_scores", None)
-    if scores is None:  # mean consistency of each image's tokens; single-image parts 0
-        scores = [
-            float(np.mean([consistency.get(int(v), 0.0) for v in lg.ravel()]))
-            for lg in labels_grid
-        ]
+    segments = [plain_values(dataclasses.asdict(record)) for record in result.segments]
+    # NaN (a part seen in one image) counts as 0: nothing confirms it
+    consistency = {int(s["id"]): float(np.nan_to_num(s["consistency"], nan=0.0)) for s in segments}
+    # an image's score: the mean consistency of its tokens' parts (single-image parts 0)
+    scores = [
+        float(np.mean([consistency.get(int(v), 0.0) for v in lg.ravel()])) for lg in labels_grid
+    ]
     ranking = sorted(((i, float(s)) for i, s in enumerate(scores)), key=lambda item: item[1])
     return CollectionCosegmentationResult(
         names=_names(keys, names),
         labels_grid=labels_grid,
         labels=labels,
         segments=segments,
-        unmatched=_jsonable(list(getattr(result, "unmatched", []))),
-        threshold=float(getattr(result, "threshold", np.nan)),
+        unmatched=[int(i) for i in result.unmatched],
+        threshold=float(result.threshold),
         geometries=geometries,
         ranking=ranking,
         no_clear_structure=result.no_clear_structure,
     )
-
-
-def _field(record: Any, name: str, position: int) -> Any:
-    if hasattr(record, name):
-        return getattr(record, name)
-    if isinstance(record, Mapping):
-        return record[name]
-    return record[position]
 
 
 def _check_sources(maps, keypoints, labels) -> tuple[dict, dict]:
@@ -253,31 +225,31 @@ def transfer_over_collection(
     )
     geometries = maps.geometries
     points = {}
-    for target, record in (getattr(result, "points", None) or {}).items():
+    for target, proposal in result.points.items():
         target = int(target)
-        grid = np.asarray(_field(record, "target", 0), dtype=np.float64).reshape(-1, 2)
+        grid = np.asarray(proposal.target, dtype=np.float64).reshape(-1, 2)
         points[target] = CollectionPoints(
             image=target,
             points=geometries[target].grid_to_pixel(grid),
             points_grid=grid,
-            confidence=np.asarray(_field(record, "confidence", 1), dtype=np.float64),
-            source=np.asarray(_field(record, "source", 2)).astype(np.int64),
-            cycle_error=np.asarray(_field(record, "cycle_error", 3), dtype=np.float64),
+            confidence=np.asarray(proposal.confidence, dtype=np.float64),
+            source=np.asarray(proposal.source).astype(np.int64),
+            cycle_error=np.asarray(proposal.cycle_error, dtype=np.float64),
             geometry=geometries[target],
         )
     carried = {}
-    for target, record in (getattr(result, "labels", None) or {}).items():
+    for target, proposal in result.labels.items():
         target = int(target)
-        labels_grid = np.asarray(_field(record, "labels", 0))
-        confidence_grid = np.asarray(_field(record, "confidence", 1), dtype=np.float64)
+        labels_grid = np.asarray(proposal.labels)
+        confidence_grid = np.asarray(proposal.confidence, dtype=np.float64)
         carried[target] = CollectionLabels(
             image=target,
             labels=grid_labels_to_pixels(labels_grid, geometries[target]),
             confidence=grid_labels_to_pixels(confidence_grid, geometries[target]),
             labels_grid=labels_grid,
             confidence_grid=confidence_grid,
-            source=_jsonable(_field(record, "source", 2)),
+            source=plain_values(proposal.source),
             geometry=geometries[target],
         )
-    ranking = [(int(i), float(s)) for i, s in getattr(result, "ranking", [])]
+    ranking = [(int(i), float(s)) for i, s in result.ranking]
     return CollectionTransferResult(_names(keys, names), sources, points, carried, ranking)

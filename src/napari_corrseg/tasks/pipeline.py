@@ -31,6 +31,7 @@ from .results import (
     SegmentationResult,
     grid_labels_to_pixels,
     pixel_labels_to_grid,
+    plain_values,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -270,19 +271,6 @@ def segment_image(
     )
 
 
-def _jsonable(value: Any) -> Any:
-    """Turn numpy scalars/arrays and tuples inside records into plain JSON types."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def cosegment_images(
     maps: AttentionMaps,
     images: Sequence[int] | None = None,
@@ -334,14 +322,14 @@ def cosegment_images(
     geometries = [maps.geometries[i] for i in indices]
     labels_grid = [np.asarray(labels) for labels in result.labels]
     labels = [grid_labels_to_pixels(lg, g) for lg, g in zip(labels_grid, geometries, strict=True)]
-    segments = [_jsonable(dataclasses.asdict(record)) for record in result.segments]
+    segments = [plain_values(dataclasses.asdict(record)) for record in result.segments]
     for record in segments:
         record["pixels"] = [int(np.count_nonzero(lab == record["id"])) for lab in labels]
     return CosegmentationResult(
         labels_grid=labels_grid,
         labels=labels,
         segments=segments,
-        unmatched=_jsonable(result.unmatched),
+        unmatched=plain_values(result.unmatched),
         threshold=float(result.threshold),
         geometries=geometries,
         no_clear_structure=result.no_clear_structure,

@@ -25,6 +25,7 @@ __all__ = [
     "SegmentationResult",
     "grid_labels_to_pixels",
     "pixel_labels_to_grid",
+    "plain_values",
 ]
 
 
@@ -315,3 +316,18 @@ def pixel_labels_to_grid(labels: np.ndarray, geometry: ImageGeometry) -> np.ndar
     votes = np.zeros((h * w, len(values)), dtype=np.int64)
     np.add.at(votes, (token, inverse.ravel()), 1)
     return values[np.argmax(votes, axis=1)].astype(np.int64).reshape(h, w)
+
+
+def plain_values(value: Any) -> Any:
+    """Numpy scalars and arrays, tuples and sets inside a record as plain Python values
+    (lists, ints, floats), for result tables and ``json``; NaN stays NaN (the strict
+    JSON writer `files.io.write_json` turns it into null)."""
+    if isinstance(value, dict):
+        return {str(k): plain_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [plain_values(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain_values(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
