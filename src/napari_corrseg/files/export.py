@@ -24,7 +24,7 @@ from .._version import __version__
 from ..core.maps import AttentionMaps
 from ..tasks.pipeline import CosegmentationResult, KeypointTransfer, PairResult
 from . import figures as _figures
-from .io import RUN_FILE, file_sha256, write_csv, write_json, write_npz, write_points_csv
+from .io import file_sha256, write_csv, write_json, write_npz, write_points_csv
 from .io import write_tiff as _write_tiff
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "run_record",
     "write_coseg",
     "write_pair",
-    "write_run",
     "write_transfer",
 ]
 
@@ -296,22 +295,3 @@ def run_record(
         "versions": _versions(),
         **(extra or {}),
     }
-
-
-def write_run(
-    folder: Path,
-    command: str,
-    args: argparse.Namespace,
-    engine: Any,
-    maps: AttentionMaps,
-    image_paths: Sequence[Path],
-    outputs: Sequence[str],
-    *,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write `run_record` to ``folder/run.json`` directly, outside a transaction.
-
-    Prefer ``transaction.commit(run_record(...))``, which also lists every file.
-    """
-    record = run_record(command, args, engine, maps, image_paths, outputs, extra=extra)
-    return write_json(folder / RUN_FILE, record)

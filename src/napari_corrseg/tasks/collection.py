@@ -208,20 +208,28 @@ def fill_store(
     )
 
 
+def store_tokens(engine: Any, store: TokenStore, arrays, *, batch_size=None, cancel=None):
+    """The engine's queries and keys of ``arrays`` at the store's settings (layers,
+    timestep, seed), one image at a time: ``(position, queries, keys, geometry)``."""
+    settings = store.settings
+    return engine.iter_query_key(
+        arrays,
+        layers=settings["layers"],
+        timestep=settings["timestep"],
+        seed=settings["seed"],
+        batch_size=batch_size,
+        cancel=cancel,
+    )
+
+
 def _fill_in_process(store, collection, items, engine, batch_size, report, cancel):
     statuses: dict[str, str] = {}
     chunk = max(1, min(CHUNK_IMAGES, int(batch_size) if batch_size else CHUNK_IMAGES))
-    settings = store.settings
     for start in range(0, len(items), chunk):
         part = items[start : start + chunk]
         arrays = [collection.load(index) for _, index in part]
-        for position, queries, keys, geometry in engine.iter_query_key(
-            arrays,
-            layers=settings["layers"],
-            timestep=settings["timestep"],
-            seed=settings["seed"],
-            batch_size=batch_size,
-            cancel=cancel,
+        for position, queries, keys, geometry in store_tokens(
+            engine, store, arrays, batch_size=batch_size, cancel=cancel
         ):
             key, index = part[position]
             created = store.write(key, queries, keys, geometry, name=collection.names[index])

@@ -133,18 +133,13 @@ def fill_task(store, items: Sequence[tuple[str, Any, str]], batch_size: int | No
     todo = [item for item in items if item[0] not in statuses]
     if not todo:
         return statuses
-    from .collection import check_engine
+    from .collection import check_engine, store_tokens
 
     engine = worker_engine()
     check_engine(store, engine)  # a worker with another model must not fill this store
     arrays = [read_image(src) if isinstance(src, str) else np.asarray(src) for _, src, _ in todo]
-    settings = store.settings
-    for position, queries, keys, geometry in engine.iter_query_key(
-        arrays,
-        layers=settings["layers"],
-        timestep=settings["timestep"],
-        seed=settings["seed"],
-        batch_size=batch_size,
+    for position, queries, keys, geometry in store_tokens(
+        engine, store, arrays, batch_size=batch_size
     ):
         key, _, name = todo[position]
         created = store.write(key, queries, keys, geometry, name=name)
