@@ -89,6 +89,7 @@ def cosegment_collection(
     threshold: float | str = "auto",
     scheduler: Any = None,
     backend: Any = None,
+    pixel_labels: bool = True,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> CollectionCosegmentationResult:
@@ -108,6 +109,9 @@ def cosegment_collection(
         Run the cross-map stages on Dask workers.
     backend : callable, optional
         Attention backend in process (e.g. ``engine.attention_backend``).
+    pixel_labels : bool
+        False leaves ``labels`` empty (a caller that shows one image at a time makes
+        each with `grid_labels_to_pixels` from ``labels_grid``, never all at once).
     progress, cancel : callable, optional
 
     Returns
@@ -124,7 +128,11 @@ def cosegment_collection(
     result = cosegment_module.cosegment(maps, threshold=threshold, mapper=mapper, progress=report)
     geometries = list(maps.geometries)
     labels_grid = [np.asarray(labels) for labels in result.labels]
-    labels = [grid_labels_to_pixels(lg, g) for lg, g in zip(labels_grid, geometries, strict=True)]
+    labels = (
+        [grid_labels_to_pixels(lg, g) for lg, g in zip(labels_grid, geometries, strict=True)]
+        if pixel_labels
+        else []
+    )
     segments = [_jsonable(record) for record in result.segments]
     consistency = {
         int(s["id"]): float(s["consistency"]) if s.get("consistency") is not None else 0.0
@@ -206,6 +214,7 @@ def transfer_over_collection(
     names: Sequence[str] | None = None,
     scheduler: Any = None,
     backend: Any = None,
+    pixel_labels: bool = True,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> CollectionTransferResult:
@@ -226,6 +235,9 @@ def transfer_over_collection(
         Images to carry them to (default: every image that is not a source).
     names, scheduler, backend, progress, cancel
         As for `cosegment_collection`.
+    pixel_labels : bool
+        False leaves each carried label's ``labels`` and ``confidence`` (pixels) None;
+        ``labels_grid`` and ``confidence_grid`` are always given.
 
     Returns
     -------
@@ -272,8 +284,12 @@ def transfer_over_collection(
         confidence_grid = np.asarray(_field(record, "confidence", 1), dtype=np.float64)
         carried[target] = CollectionLabels(
             image=target,
-            labels=grid_labels_to_pixels(labels_grid, geometries[target]),
-            confidence=grid_labels_to_pixels(confidence_grid, geometries[target]),
+            labels=grid_labels_to_pixels(labels_grid, geometries[target])
+            if pixel_labels
+            else None,
+            confidence=grid_labels_to_pixels(confidence_grid, geometries[target])
+            if pixel_labels
+            else None,
             labels_grid=labels_grid,
             confidence_grid=confidence_grid,
             source=_jsonable(_field(record, "source", 2)),
