@@ -105,6 +105,8 @@ class CollectionForm:
         )
         self.position = Label(value="no collection loaded")
         self.position.native.setWordWrap(True)
+        lines = self.position.native.fontMetrics().lineSpacing()
+        self.position.native.setMinimumHeight(3 * lines)  # raw Qt: no re-layout per image
         self.image_slider = Slider(
             name="image",
             min=0,

@@ -180,8 +180,8 @@ class CollectionRuns:
             plan = view_plan(request, self._captures(session, current, version), run=run)
             worst = min(proposals.values(), key=lambda e: np.nan_to_num(e.score, nan=-1.0))
             plan.summary = (
-                f"proposals on {len(proposals)} images from {n_sources} reference image(s); "
-                f"least confident: {worst.name!r} ({worst.score:.2f})"
+                f"proposed on {len(proposals)} images from {n_sources} reference(s); "
+                f"least confident {worst.name!r} ({worst.score:.2f})"
             )
             plan.warnings = [*problems, *warnings]
             plan.on_shown = lambda shown: self._took_proposals(session, proposals, versions)

@@ -250,7 +250,7 @@ class CollectionWidget(CollectionRuns, DockWidget):
 
             return job
 
-        self.runner.refresh(make)
+        self.runner.refresh(make, announce=False)
 
     def _shown(self, session: CollectionSession, index: int) -> None:
         if session is not self.session:
