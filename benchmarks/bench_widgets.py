@@ -282,6 +282,7 @@ def case_collection(viewer, phases: Phases, options) -> None:
 
     n = options.collection_images
     case = f"collection ({n} x 256 px)"
+    viewer.layers.clear()  # the collection on its own, as a user would open it
     work = tempfile.mkdtemp(prefix="bench-widgets-collection-")
     write_sample_collection(os.path.join(work, "images"), n)
     widget = CollectionWidget(viewer)

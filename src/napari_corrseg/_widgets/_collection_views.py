@@ -238,14 +238,13 @@ def view_updates(
                 placement=placement,
                 info={**info, "n_marked": len(points)},
                 capture=capture(ROLE_POINTS),
-                properties={
-                    "features": features,
-                    "feature_defaults": dict(NEW_POINT),
-                    "face_color": "confidence",
-                    "face_contrast_limits": CONFIDENCE_LIMITS,
-                },
+                # the colours follow the confidence feature as features are replaced:
+                # set once, when the layer is made (a user's colour choice then stays)
+                properties={"features": features, "feature_defaults": dict(NEW_POINT)},
                 style={
+                    "face_color": "confidence",
                     "face_colormap": "viridis",
+                    "face_contrast_limits": CONFIDENCE_LIMITS,
                     "size": points_size(entry.shape),
                     "border_color": "white",
                 },
