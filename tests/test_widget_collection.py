@@ -423,15 +423,19 @@ def test_a_saved_session_reopens_as_it_was(
     assert reopened.session.entries[5].status == "edited", "the saved change came back"
 
 
-def test_closing_with_unsaved_changes_keeps_them(
+def test_closing_keeps_unsaved_changes_and_disconnects(
     make_napari_viewer, qtbot, monkeypatch, tmp_path, folder, records
 ):
     viewer = make_napari_viewer()
     widget = make_widget(viewer, monkeypatch, tmp_path)
     load_folder(qtbot, widget, folder)
     layer(viewer, "collection:points").add([[20.0, 30.0], [40.0, 12.0]])  # not saved
+    from test_widget_edits import plugin_callbacks
+
+    assert plugin_callbacks(viewer)
     viewer.window.remove_dock_widget(widget.native)
     qtbot.waitUntil(lambda: widget.closed)
+    assert plugin_callbacks(viewer) == [], "closing the dock disconnects everything"
     kept = [m for m in messages(records) if "unsaved changes" in m]
     assert len(kept) == 1, messages(records)
     folder_kept = kept[0].split("kept in ")[1].split(" (open it")[0]
@@ -516,3 +520,26 @@ def test_a_stack_layer_is_a_collection_and_parts_are_proposed(
         layer(viewer, "collection:labels").data,
         grid_labels_to_pixels(session.entries[1].labels.grid, geometry),
     )
+
+
+def test_nothing_to_propose_or_accept_is_said(
+    make_napari_viewer, qtbot, monkeypatch, tmp_path, folder, records
+):
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, monkeypatch, tmp_path)
+    assert not widget.form.propose_button.enabled  # nothing loaded yet
+    load_folder(qtbot, widget, folder)
+    widget.form.propose_button.clicked.emit()
+    errors = messages(records, NotificationSeverity.ERROR)
+    assert any("mark keypoints (or paint parts) on at least one image" in m for m in errors)
+    widget.form.accept_button.clicked.emit()
+    errors = messages(records, NotificationSeverity.ERROR)
+    assert any("'img0' has no proposal to accept" in m for m in errors), errors
+    assert widget.runner.idle and widget.session.entries[0].status == ""
+    # keypoints dragged off the image are left out, and said so
+    layer(viewer, "collection:points").add([[10.0, 10.0], [30.0, 500.0]])
+    assert run_and_wait(qtbot, widget, start=lambda: widget.propose(start_thread=False)) == (
+        "warned"
+    )
+    warnings = messages(records, NotificationSeverity.WARNING)
+    assert any("keypoint(s) 1 on 'img0' lie outside the image" in m for m in warnings)
