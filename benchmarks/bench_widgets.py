@@ -20,9 +20,12 @@ GUI slice of the plugin's own layer work (`ApplyReport.slices_ms`). Phases:
 - controls, to tell the plugin's share from the machine's: the idle viewer, and dragging
   napari's own opacity slider of an image layer (its canvas redraws at every step).
 
-Cases: ``pair`` = the shipped sample pair (2 x 256 px), tiny model, both widgets. A case
-is a function ``(viewer, options) -> list of (phase name, action)``; adding the
-64-image collection of issue 14 phase 2 is one more entry in `CASES`.
+Cases: ``pair`` = the shipped sample pair (2 x 256 px), tiny model, both pair widgets;
+``collection64`` = a folder of 64 variants of the pair (256 px), tiny model, the
+Collection widget: load (fill the token store), propose the keypoints of image 0 on the
+63 others, browse (*next* 4 times a second), review (*accept*, the least confident shown
+next), drag the image slider, co-segment, drag the threshold slider, save. A case is a
+function ``(viewer, phases, options)`` in `CASES`.
 
 Also measured, as before: click-to-layers time of an interactive query at N = 1024 and
 4096. Prints Markdown tables.
@@ -245,8 +248,83 @@ def case_pair(viewer, phases: Phases, options) -> None:
     viewer.window.remove_dock_widget(coseg.native)
 
 
-#: name -> case function; phase 2 adds "collection64".
-CASES = {"pair": case_pair}
+def browse(phases: Phases, case: str, widget, action: Callable, count: int, interval: float,
+           phase: str) -> None:  # fmt: skip
+    """Do ``action`` (a button press) ``count`` times, ``interval`` seconds apart, then
+    wait until everything it asked for is shown."""
+    runner = widget.runner
+    reports = []
+    runner.events.idle.connect(lambda *_: reports.append(runner.last_report))
+    start = time.perf_counter()
+    for _ in range(count):
+        action()
+        pump(interval)
+    pump_until(lambda: runner.idle)
+    end = time.perf_counter() + SETTLE_S
+    pump(SETTLE_S)
+    runner.events.idle.disconnect()
+    slices = [s for report in reports if report is not None for s in report.slices_ms]
+    phases.add(case, phase, start, end, slices)
+
+
+def case_collection(viewer, phases: Phases, options) -> None:
+    """A folder of variants of the sample pair (256 px), tiny model: the Collection widget
+    loads it (fills the token store), proposes the keypoints of image 0 on the others,
+    is browsed and reviewed, co-segments the collection and saves the session."""
+    import types
+
+    from qtpy.QtWidgets import QSlider
+
+    from napari_corrseg._widgets import CollectionWidget
+    from napari_corrseg._widgets._screenshots import write_sample_collection
+    from napari_corrseg._widgets._tags import find_result
+    from napari_corrseg.files.sample_data import sample_keypoints
+
+    n = options.collection_images
+    case = f"collection ({n} x 256 px)"
+    viewer.layers.clear()  # the collection on its own, as a user would open it
+    work = tempfile.mkdtemp(prefix="bench-widgets-collection-")
+    write_sample_collection(os.path.join(work, "images"), n)
+    widget = CollectionWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Collection", area="right")
+    widget.settings.model.value = "tiny"
+    widget.form.store.value = os.path.join(work, "store")
+    widget.form.folder.value = os.path.join(work, "images")
+    widget.ask_unsaved = lambda message: "discard"
+    pump(0.5)
+    timed_run(phases, case, widget, lambda: widget.load(start_thread=False),
+              "Collection load: fill the token store",
+              "Collection results arrive: first image")  # fmt: skip
+    points = find_result(viewer, widget="collection", role="collection:points")
+    points.add(sample_keypoints()[0])  # what a user clicks on image 0
+    timed_run(phases, case, widget, lambda: widget.propose(start_thread=False),
+              f"Collection propose on {n - 1} images", "Collection proposals arrive")  # fmt: skip
+    browse(phases, case, widget, widget.form.next_button.clicked.emit, 20, 0.25,
+           "browse: next, 4 presses a second")  # fmt: skip
+    browse(phases, case, widget, widget.accept, min(10, n // 4), 0.4,
+           "review: accept, least confident shown")  # fmt: skip
+    image_slider = types.SimpleNamespace(
+        qslider=widget.form.image_slider.native.findChildren(QSlider)[0]
+    )
+    for repeat in range(options.repeats):
+        drag(phases, case, widget, image_slider,
+             np.linspace(0.0, 1.0, 90)[:: 1 if repeat % 2 == 0 else -1],
+             "drag image slider")  # fmt: skip
+    timed_run(phases, case, widget, lambda: widget.cosegment(start_thread=False),
+              "Collection co-segment", "Collection co-segmentation arrives")  # fmt: skip
+    widget.form.threshold.auto.value = False  # re-segments once at the value shown
+    pump_until(lambda: widget.runner.idle)
+    for repeat in range(options.repeats):
+        fractions = np.linspace(0.2, 0.5, 90)[:: 1 if repeat % 2 == 0 else -1]
+        drag(phases, case, widget, widget.form.threshold, fractions, "drag threshold slider")
+    widget.form.out.value = os.path.join(work, "session")
+    timed_run(phases, case, widget, lambda: widget.save(start_thread=False),
+              f"Collection save ({n} images)", "Collection saved: status shown")  # fmt: skip
+    viewer.window.remove_dock_widget(widget.native)
+
+
+#: name -> case function.
+CASES = {"pair": case_pair, "collection64": case_collection}
 
 
 # -- interactive query (as before) ----------------------------------------------------
@@ -292,6 +370,7 @@ def bench_query(viewer, repeats: int) -> list[tuple]:
         rows.append((grid[0] * grid[1], 1000 * np.median(core), 1000 * np.median(total),
                      1000 * np.max(total)))  # fmt: skip
     viewer.window.remove_dock_widget(widget.native)
+    pump(0.2)  # the dock notices it was closed
     return rows
 
 
@@ -300,6 +379,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="warm runs and drags per widget")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--query-repeats", type=int, default=20)
+    parser.add_argument(
+        "--collection-images", type=int, default=64, help="images of the collection case"
+    )
     options = parser.parse_args()
     os.environ.setdefault("NAPARI_CORRSEG_CACHE_DIR", tempfile.mkdtemp(prefix="bench-widgets-"))
     ensure_display("1600x1000x24")

@@ -20,8 +20,7 @@ HEAVY = ("torch", "diffusers", "qtpy", "PyQt6", "napari")
 def _modules_of(package: str) -> list[str]:
     folder = Path(napari_corrseg.__file__).parent / package
     return [
-        f"napari_corrseg.{package}.{info.name}"
-        for info in pkgutil.iter_modules([str(folder)])
+        f"napari_corrseg.{package}.{info.name}" for info in pkgutil.iter_modules([str(folder)])
     ] + [f"napari_corrseg.{package}"]
 
 

@@ -27,7 +27,7 @@ def test_manifest_validates_and_every_command_imports(manifest):
     for command in commands.values():
         assert callable(_resolve(command)), command.id
     widgets = {widget.display_name for widget in manifest.contributions.widgets}
-    assert widgets == {"Correspondence", "Co-segmentation"}
+    assert widgets == {"Correspondence", "Co-segmentation", "Collection"}
     assert {sample.key for sample in manifest.contributions.sample_data} == {
         "pair",
         "pair_side_by_side",

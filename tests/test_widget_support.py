@@ -126,3 +126,55 @@ def plugin_layers(viewer, prefix: str = "") -> list:
         if isinstance(layer.metadata.get(PLUGIN_KEY), dict)
         and layer.metadata[PLUGIN_KEY].get("role", "").startswith(prefix)
     ]
+
+
+class TokenEngine:
+    """An engine-shaped object that fills a token store with synthetic queries and keys.
+
+    Image ``i`` of a test collection carries its number in pixel ``[0, 0, 0]``
+    (`collection_image`); its tokens are image ``i`` of a
+    `napari_corrseg.synthetic.tokens.TokenCollection`, whose parts and correspondences
+    are known (``engine.tokens``). ``delay`` seconds per image, checking cancel.
+    """
+
+    is_tiny = False
+    image_size = 64
+
+    def __init__(self, n_images: int = 8, *, grid=GRID, delay: float = 0.0) -> None:
+        from napari_corrseg.synthetic.tokens import TokenCollection
+
+        self.tokens = TokenCollection(n_images, grid, layers=1, cache_items=n_images)
+        self.grid = tuple(grid)
+        self.delay = delay
+        self.computed: list[int] = []
+        self.identity = {"model": "synthetic-tokens", "images": n_images, "grid": list(grid)}
+
+    def query_key_shape(self, layers="auto") -> tuple[int, ...]:
+        tokens = self.tokens
+        return (1, tokens.heads, tokens.n_tokens, tokens.head_dim)
+
+    def iter_query_key(self, images, *, layers="auto", timestep=261, seed=0, batch_size=None,
+                       memory_budget=None, progress=None, cancel=None):  # fmt: skip
+        for position, image in enumerate(images):
+            steps = max(1, int(self.delay / 0.02))
+            for _ in range(steps):
+                if cancel is not None and cancel():
+                    raise Cancelled("extraction was cancelled")
+                if self.delay:
+                    time.sleep(self.delay / steps)
+            index = int(np.asarray(image)[0, 0, 0])
+            queries, keys = self.tokens.query_key(index)
+            self.computed.append(index)
+            yield position, queries, keys, ImageGeometry(np.shape(image)[:2], self.grid)
+
+
+def collection_image(index: int, shape=(64, 64)) -> np.ndarray:
+    """Image ``index`` of a test collection: textured RGB, its number in pixel [0, 0, 0]."""
+    image = textured_image(shape, 100 + index)
+    image[0, 0, 0] = index
+    return image
+
+
+def pixel_geometry(shape=(64, 64)) -> ImageGeometry:
+    """The geometry of a test collection image on the synthetic grid."""
+    return ImageGeometry(tuple(shape), GRID)

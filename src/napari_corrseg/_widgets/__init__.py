@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from .collection import CollectionWidget
 from .correspondence import CorrespondenceWidget
 from .cosegmentation import CosegmentationWidget
 
-__all__ = ["CorrespondenceWidget", "CosegmentationWidget"]
+__all__ = ["CollectionWidget", "CorrespondenceWidget", "CosegmentationWidget"]

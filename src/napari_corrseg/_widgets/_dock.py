@@ -105,7 +105,9 @@ class DockWidget(Container):
 
     def close_dock(self) -> None:
         """The dock was closed: stop work and disconnect every callback (idempotent)."""
-        if self.closed:
+        # getattr: Qt may report the widget destroyed while Python is already clearing the
+        # object (garbage collection at exit); then there is nothing left to undo
+        if getattr(self, "closed", True):
             return
         self.closed = True
         try:

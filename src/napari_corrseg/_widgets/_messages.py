@@ -20,6 +20,14 @@ STAGE_NAMES = {
     "layers": "building layers",
     "transfer": "transferring",
     "propagate": "propagating",
+    "read": "reading images",
+    "verify": "checking the token store",
+    "extract": "computing tokens",
+    "cross maps": "cross maps",
+    "rematch": "matching again",
+    "cluster": "clustering segments",
+    "save": "saving",
+    "open": "opening the session",
 }
 PREFIX = "napari-corrseg"
 
@@ -42,7 +50,14 @@ _WARNED_TINY: set[str] = set()
 def warn_if_tiny(maps, results: str) -> None:
     """Warn once a session per kind of result that ``results`` are not semantic when
     ``maps`` came from the tiny model (a toast every run would nag, and costs frames)."""
-    if maps.settings.get("tiny_model") and results not in _WARNED_TINY:
+    if maps.settings.get("tiny_model"):
+        warn_tiny(results)
+
+
+def warn_tiny(results: str) -> None:
+    """Warn (once a session per kind of result) that the tiny model's ``results`` are not
+    semantic."""
+    if results not in _WARNED_TINY:
         _WARNED_TINY.add(results)
         show_warning(
             f"{PREFIX}: the tiny random model was used; {results} are not semantic. "

@@ -48,9 +48,10 @@ class LayerUpdate:
         Layer name; ``{image}`` is replaced by the image layer's current name.
     image_layer : napari layer, optional
         The image the result lies on: gives placement and the name.
-    placement : "pixel", ImageGeometry or None
+    placement : "pixel", ImageGeometry, dict or None
         ``"pixel"``: data in the image's pixels (the image layer's scale/translate);
-        an `ImageGeometry`: a grid-sized map over the image; None: world coordinates.
+        an `ImageGeometry`: a grid-sized map over the image; a dict: this ``scale`` and
+        ``translate`` (no image layer needed); None: world coordinates.
     group : str
         Result set (``"run"``, ``"query"``, ``"transfer"``, ``"propagation"``).
     info : dict
@@ -59,6 +60,12 @@ class LayerUpdate:
         Set on every apply (features, colours, contrast limits...).
     style : dict
         Used only when the layer is created, so the user's display choices are kept.
+    capture : callable, optional
+        For a *working* layer whose edits the dock reads into its own state (the
+        Collection dock's keypoints and labels): ``capture(layer)`` is called with the
+        existing layer before anything is written; it takes the user's edits and marks
+        them as read (so the layer is not released), and returns False to leave the
+        layer as it is (the dock's state changed after this update was built).
     """
 
     kind: str
@@ -71,6 +78,7 @@ class LayerUpdate:
     info: dict[str, Any] = field(default_factory=dict)
     properties: dict[str, Any] = field(default_factory=dict)
     style: dict[str, Any] = field(default_factory=dict)
+    capture: Callable[[Any], bool] | None = None
 
 
 @dataclass
@@ -138,14 +146,14 @@ def _missing_input(plan: Plan, viewer) -> str | None:
 
 
 def _placement(update: LayerUpdate) -> dict[str, tuple[float, ...]]:
+    if isinstance(update.placement, dict):
+        return dict(update.placement)
     if update.image_layer is None or update.placement is None:
         return {}
     if isinstance(update.placement, ImageGeometry):
         return L.grid_placement(update.image_layer, update.placement)
     if update.placement == "pixel":
         return L.pixel_placement(update.image_layer)
-    if isinstance(update.placement, dict):
-        return dict(update.placement)
     raise ValueError(f"unknown placement {update.placement!r}")
 
 
@@ -157,10 +165,13 @@ def apply_update(viewer, update: LayerUpdate, plan: Plan, report: ApplyReport):
     mark = {**keys, "group": update.group, "run": plan.run, "given_name": name, **update.info}
     if update.image_layer is not None:
         mark.setdefault("image_layer", image_name)
-    data = update.data() if callable(update.data) else update.data
-    placement = _placement(update)
 
     layer = T.find_result(viewer, **keys)
+    if layer is not None and update.capture is not None and not update.capture(layer):
+        report.layers.append(layer)  # the dock's state is newer: leave the layer
+        return layer
+    data = update.data() if callable(update.data) else update.data
+    placement = _placement(update)
     if layer is not None:
         change = T.user_change(layer)
         if change is not None:

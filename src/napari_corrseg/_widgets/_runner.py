@@ -294,22 +294,25 @@ class RunControls(Container):
         make_job: Callable[[], Callable[[], Plan] | None],
         *,
         inputs: Sequence[tuple[Any, str]] = (),
+        announce: bool = True,
     ) -> None:
         """Show a display change computed off the GUI thread; the latest request wins.
 
         ``make_job()`` is called on the GUI thread when the computation starts (so it
         reads the widget's state then, not when asked) and returns ``job() -> Plan`` for
-        the worker, or None when there is nothing to show.
+        the worker, or None when there is nothing to show. ``announce=False`` leaves the
+        status line as it is meanwhile (a change shown in milliseconds, such as the next
+        image of a collection: each new text costs the dock a repaint).
         """
         if self.closed:
             return
         self.generation += 1
-        self._pending_refresh = (make_job, list(inputs))
+        self._pending_refresh = (make_job, list(inputs), announce)
         if self._refresh_worker is None and self._applying is None and not self.busy:
             self._start_refresh()
 
     def _start_refresh(self) -> None:
-        make_job, inputs = self._pending_refresh
+        make_job, inputs, announce = self._pending_refresh
         self._pending_refresh = None
         generation = self.generation
         job = make_job()
@@ -321,7 +324,8 @@ class RunControls(Container):
         worker.errored.connect(self.report_error)
         worker.finished.connect(self._on_refresh_finished)
         self._refresh_worker = worker
-        self.status.value = "updating…"
+        if announce:
+            self.status.value = "updating…"
         worker.start()
 
     def _on_refreshed(self, plan: Plan, inputs, generation: int) -> None:
@@ -338,7 +342,8 @@ class RunControls(Container):
             else:
                 if plan.on_shown is not None:
                     plan.on_shown(report)
-                self.status.value = plan.summary
+                if plan.summary != self.status.value:
+                    self.status.value = plan.summary
                 for warning in plan.warnings:
                     show_warning(f"{PREFIX}: {warning}")
                 kept = report.kept_message()

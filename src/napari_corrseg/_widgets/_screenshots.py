@@ -7,15 +7,17 @@ Used by ``scripts/make_screenshots.py`` and by the screenshot test, so the pictu
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from ..files.io import read_points_csv
-from ..files.sample_data import load_sample_pair, sample_paths
+from ..files.io import read_points_csv, write_bytes
+from ..files.sample_data import load_sample_pair, sample_keypoints, sample_paths
 from ._tags import find_result, results_of
+from .collection import CollectionWidget
 from .correspondence import CorrespondenceWidget
 from .cosegmentation import CosegmentationWidget
 
@@ -26,6 +28,8 @@ SCREENSHOTS = (
     "screenshot_transfer.png",
     "screenshot_cosegmentation.png",
     "screenshot_propagation.png",
+    "screenshot_collection_review.png",
+    "screenshot_collection_coseg.png",
 )
 WINDOW_SIZE = (1500, 900)
 
@@ -56,7 +60,8 @@ def _keypoints(index: int) -> np.ndarray | None:
 
 
 def make_screenshots(viewer, folder: str | Path, *, model: str = "tiny") -> list[Path]:
-    """Run both widgets on the sample pair in ``viewer`` and save `SCREENSHOTS`.
+    """Run the widgets on the sample pair (and the Collection widget on 8 variants of
+    it) in ``viewer`` and save `SCREENSHOTS`.
 
     Parameters
     ----------
@@ -121,7 +126,7 @@ def make_screenshots(viewer, folder: str | Path, *, model: str = "tiny") -> list
 
     # co-segmentation of the pair, with the table of shared segments
     coseg = CosegmentationWidget(viewer)
-    viewer.window.add_dock_widget(coseg, name="Co-segmentation", area="right")
+    coseg_dock = viewer.window.add_dock_widget(coseg, name="Co-segmentation", area="right")
     coseg.settings.model.value = model
     coseg.images.value = [source, target]
     coseg.run()
@@ -139,4 +144,63 @@ def make_screenshots(viewer, folder: str | Path, *, model: str = "tiny") -> list
     coseg.propagate()
     wait_until_idle(coseg)
     written.append(_save(viewer, folder, SCREENSHOTS[4]))
+    viewer.window.remove_dock_widget(coseg_dock)
+    viewer.layers.clear()
+
+    # a collection of 8 variants of the pair: review, then co-segmentation
+    with tempfile.TemporaryDirectory(prefix="napari-corrseg-collection-") as images:
+        written += make_collection_screenshots(viewer, folder, images, model=model)
+    return written
+
+
+def write_sample_collection(folder: str | Path, n_images: int = 8) -> list[Path]:
+    """Write ``n_images`` PNG variants of the sample pair (A, B, A flipped, B shifted, ...)
+    into ``folder``; image 0 is sample A as shipped. For screenshots and benchmarks."""
+    import imageio.v3 as iio
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pair = load_sample_pair()
+    written = []
+    for index in range(n_images):
+        image = pair[index % 2].astype(np.float32)
+        variant = index // 2
+        if variant % 2:
+            image = image[:, ::-1]
+        image = np.roll(image, (3 * variant) % 24, axis=0)
+        image = np.clip(image * (1.0 - 0.15 * (variant % 3) / 2), 0, 255)
+        path = folder / f"sample_{index:03d}.png"
+        write_bytes(path, iio.imwrite("<bytes>", image.astype(np.uint8), extension=".png"))
+        written.append(path)
+    return written
+
+
+def make_collection_screenshots(viewer, folder: str | Path, images: str | Path, *,
+                                model: str = "tiny") -> list[Path]:  # fmt: skip
+    """The Collection widget on 8 variants of the sample pair: review, co-segmentation.
+
+    ``images`` is a folder to write the collection into; the keypoints of sample A are
+    marked on image 0 as a user would, then proposed on the others.
+    """
+    folder = Path(folder)
+    write_sample_collection(images, 8)
+    widget = CollectionWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, name="Collection", area="right")
+    widget.settings.model.value = model
+    widget.form.folder.value = Path(images)
+    widget.load()
+    wait_until_idle(widget)
+    points = find_result(viewer, widget="collection", role="collection:points")
+    points.add(sample_keypoints()[0])  # the user clicks the keypoints of sample A
+    widget.propose()
+    wait_until_idle(widget)
+    widget.go_least_confident()
+    wait_until_idle(widget)
+    written = [_save(viewer, folder, SCREENSHOTS[5])]
+    widget.cosegment()
+    wait_until_idle(widget)
+    points.visible = False
+    written.append(_save(viewer, folder, SCREENSHOTS[6]))
+    widget.session.saved_changes = widget.session.changes  # nothing to keep on close
+    viewer.window.remove_dock_widget(dock)
     return written

@@ -4,15 +4,15 @@ A plugin layer carries ``layer.metadata["napari_corrseg"]``, a dict:
 
 ==============  ==============================================================================
 ``version``     1 (this scheme)
-``widget``      the dock that made it: ``"correspondence"``, ``"cosegmentation"`` (later
-                ``"collection"``)
+``widget``      the dock that made it: ``"correspondence"``, ``"cosegmentation"``,
+                ``"collection"``
 ``role``        what it shows: ``"matches:source"``, ``"metric:entropy"``, ``"coseg"``,
                 ``"transfer"``, ``"propagated"``, ``"query:heatmap"``...
 ``group``       which result set it belongs to (``"run"``, ``"query"``, ``"transfer"``,
                 ``"propagation"``): a new result of a group replaces the old set
 ``image``       reference of the image it lies on (`layer_ref`): ``"layer:<uuid>"`` for an
-                image layer, ``"layer:<uuid>#<plane>"`` for a plane of a stack; a collection
-                adds ``"image:<content hash>"``
+                image layer, ``"layer:<uuid>#<plane>"`` for a plane of a stack;
+                ``"image:<store key>"`` for an image of a collection (its content hash)
 ``source``      reference of the user layer it was made from (transfer, propagation)
 ``run``         the number of the widget's run that made it
 ``name``        the name the plugin gave it (a different name means the user renamed it)
@@ -123,6 +123,29 @@ def user_change(layer) -> str | None:
     if "fingerprint" in mark and fingerprint(layer.data) != mark["fingerprint"]:
         return "edited"
     return None
+
+
+def collection_ref(key: str) -> str:
+    """The ``image`` reference of a collection image: its token store key."""
+    return f"image:{key}"
+
+
+def edited_data(layer) -> bool:
+    """Whether a plugin layer's data differ from what the plugin last wrote."""
+    mark = tag_of(layer)
+    return mark is not None and mark.get("fingerprint") != fingerprint(layer.data)
+
+
+def mark_read(layer) -> None:
+    """Record a plugin layer's current data as seen: a *working* layer whose edits the
+    dock took into its own state (the Collection dock) is then not released. Its name
+    is left as the mark says, so a rename is still noticed."""
+    mark = tag_of(layer)
+    if mark is not None:
+        layer.metadata = {
+            **layer.metadata,
+            PLUGIN_KEY: {**mark, "fingerprint": fingerprint(layer.data)},
+        }
 
 
 def release(layer, reason: str) -> None:

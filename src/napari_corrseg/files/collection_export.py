@@ -91,6 +91,7 @@ def write_collection_transfer(
     *,
     columns: dict[str, np.ndarray] | None = None,
     annotations: dict[int, np.ndarray] | None = None,
+    status: dict[int, str] | None = None,
 ) -> list[str]:
     """Write per-image keypoint CSVs and label TIFFs, and the ranked summary.
 
@@ -99,8 +100,10 @@ def write_collection_transfer(
     ``keypoint_id``, as `files.export.write_transfer` does. ``annotations`` are the
     keypoints of the annotated images as read (``{image: (P, 2) pixels}``, NaN rows where
     a keypoint is not marked): each gets its own CSV too (its marked rows, confidence 1,
-    its own name as source), so the folder holds one keypoint file per image. Returns the
-    written paths, relative to ``folder``.
+    its own name as source), so the folder holds one keypoint file per image. ``status``
+    (``{image: text}``, e.g. the review state the napari widget keeps) adds a ``status``
+    column to the summary, which then also lists the images with a status but no file (a
+    rejected proposal). Returns the written paths, relative to ``folder``.
     """
     folder = Path(folder)
     names = result.names
@@ -151,8 +154,10 @@ def write_collection_transfer(
         )
         files.setdefault(target, {})["labels"] = relative
         written += [relative, f"labels/{names[target]}_confidence.tif"]
+    status = dict(status or {})
+    listed = set(files) | set(status)
     mean_confidence = {}
-    for target in files:
+    for target in listed:
         values = []
         if target in result.points:
             values.append(np.nanmean(result.points[target].confidence))
@@ -161,22 +166,21 @@ def write_collection_transfer(
         mean_confidence[target] = float(np.mean(values)) if values else float("nan")
     rows = []
     ranking = [
-        (i, s) for i, s in _ranked(result.ranking, len(names), mean_confidence) if i in files
+        (i, s) for i, s in _ranked(result.ranking, len(names), mean_confidence) if i in listed
     ]
     for rank, (target, score) in enumerate(ranking, 1):
         points = result.points.get(target)
-        rows.append(
-            [
-                rank,
-                names[target],
-                float(score),
-                mean_confidence[target],
-                float(np.nanmin(points.confidence)) if points is not None else "",
-                len(points.points) if points is not None else 0,
-                files[target].get("points", ""),
-                files[target].get("labels", ""),
-            ]
-        )
+        row = [
+            rank,
+            names[target],
+            float(score),
+            mean_confidence[target],
+            float(np.nanmin(points.confidence)) if points is not None else "",
+            len(points.points) if points is not None else 0,
+            files.get(target, {}).get("points", ""),
+            files.get(target, {}).get("labels", ""),
+        ]
+        rows.append([*row, status.get(target, "")] if status else row)
     header = [
         "rank",
         "image",
@@ -187,5 +191,7 @@ def write_collection_transfer(
         "points_file",
         "labels_file",
     ]
+    if status:
+        header.append("status")
     write_csv(folder / SUMMARY_FILE, header, rows)
     return [*written, SUMMARY_FILE]

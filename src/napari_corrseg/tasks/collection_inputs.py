@@ -125,7 +125,8 @@ def collect_images(
 ) -> CollectionImages:
     """Read (files) or take (arrays) each image once to key it by content.
 
-    Files are not kept in memory; they are read again when computed.
+    Files are not kept in memory; they are read again when computed. Nor are lazy
+    arrays (dask, zarr): each is read once here and again when needed.
 
     Raises
     ------
@@ -152,7 +153,9 @@ def collect_images(
 
             array, source = read_image(item), Path(item)
         else:
-            array = source = np.asarray(item)
+            array = np.asarray(item)
+            # a lazy plane (dask, zarr) is kept lazy: read again when computed or shown
+            source = array if isinstance(item, np.ndarray) else item
         try:
             keys.append(image_key(array))
         except InputImageError as error:

@@ -73,6 +73,7 @@ def cosegment_collection(
     threshold: float | str = "auto",
     scheduler: Any = None,
     backend: Any = None,
+    pixel_labels: bool = True,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> CollectionCosegmentationResult:
@@ -92,6 +93,9 @@ def cosegment_collection(
         Run the cross-map stages on Dask workers.
     backend : callable, optional
         Attention backend in process (e.g. ``engine.attention_backend``).
+    pixel_labels : bool
+        False leaves ``labels`` empty (a caller that shows one image at a time makes
+        each with `grid_labels_to_pixels` from ``labels_grid``, never all at once).
     progress, cancel : callable, optional
 
     Returns
@@ -108,7 +112,11 @@ def cosegment_collection(
     result = cosegment_module.cosegment(maps, threshold=threshold, mapper=mapper, progress=report)
     geometries = list(maps.geometries)
     labels_grid = [np.asarray(labels) for labels in result.labels]
-    labels = [grid_labels_to_pixels(lg, g) for lg, g in zip(labels_grid, geometries, strict=True)]
+    labels = (
+        [grid_labels_to_pixels(lg, g) for lg, g in zip(labels_grid, geometries, strict=True)]
+        if pixel_labels
+        else []
+    )
     segments = [plain_values(dataclasses.asdict(record)) for record in result.segments]
     # NaN (a part seen in one image) counts as 0: nothing confirms it
     consistency = {int(s["id"]): float(np.nan_to_num(s["consistency"], nan=0.0)) for s in segments}
@@ -178,6 +186,7 @@ def transfer_over_collection(
     names: Sequence[str] | None = None,
     scheduler: Any = None,
     backend: Any = None,
+    pixel_labels: bool = True,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> CollectionTransferResult:
@@ -198,6 +207,9 @@ def transfer_over_collection(
         Images to carry them to (default: every image that is not a source).
     names, scheduler, backend, progress, cancel
         As for `cosegment_collection`.
+    pixel_labels : bool
+        False leaves each carried label's ``labels`` and ``confidence`` (pixels) None;
+        ``labels_grid`` and ``confidence_grid`` are always given.
 
     Returns
     -------
@@ -244,8 +256,12 @@ def transfer_over_collection(
         confidence_grid = np.asarray(proposal.confidence, dtype=np.float64)
         carried[target] = CollectionLabels(
             image=target,
-            labels=grid_labels_to_pixels(labels_grid, geometries[target]),
-            confidence=grid_labels_to_pixels(confidence_grid, geometries[target]),
+            labels=grid_labels_to_pixels(labels_grid, geometries[target])
+            if pixel_labels
+            else None,
+            confidence=grid_labels_to_pixels(confidence_grid, geometries[target])
+            if pixel_labels
+            else None,
             labels_grid=labels_grid,
             confidence_grid=confidence_grid,
             source=plain_values(proposal.source),
