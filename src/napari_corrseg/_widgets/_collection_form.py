@@ -13,6 +13,7 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     Label,
+    LineEdit,
     PushButton,
     Slider,
     Table,
@@ -20,17 +21,12 @@ from magicgui.widgets import (
 from napari.layers import Image
 from qtpy.QtWidgets import QAbstractItemView, QMessageBox
 
-from ..files.cache import default_cache_dir
+from ..collection.store_entries import default_store_dir
 from ._forms import AutoValue, ModelSettings, image_multi_picker, layer_picker
 
 SOURCE_KINDS = {"folder": "a folder", "layers": "image layers", "stack": "a stack layer"}
 ANNOTATE_CHOICES = ("keypoints", "parts", "keypoints and parts")
 SEGMENT_COLUMNS = ("id", "images", "consistency")
-
-
-def default_store_dir():
-    """The token store the command line uses too: ``<cache>/tokens``."""
-    return default_cache_dir() / "tokens"
 
 
 def _row(*widgets) -> Container:
@@ -89,6 +85,16 @@ class CollectionForm:
             value=default_store_dir(),
             tooltip="Where each image's queries and keys are kept: computed once, reused by "
             "every later run and by the command line (the same default folder).",
+        )
+        self.compute_on = LineEdit(
+            name="compute_on",
+            label="compute on",
+            value="none",
+            tooltip="Where filling the store and forming cross maps runs: none (in napari's "
+            "process), local (a Dask cluster on this machine: one worker per GPU, else per "
+            "4 CPU cores), local:N (N workers), or the address of a running Dask scheduler "
+            "(tcp://host:8786) whose workers see the same store folder and images. Progress "
+            "comes back here either way.",
         )
         self.settings = ModelSettings()
         self.annotate = ComboBox(
@@ -179,6 +185,7 @@ class CollectionForm:
                 self.images,
                 self.stack,
                 self.store,
+                self.compute_on,
                 *self.settings.widgets,
             ],
             labels=True,

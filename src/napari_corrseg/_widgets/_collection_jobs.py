@@ -20,7 +20,7 @@ from ..errors import Cancelled, CorrsegError
 from ..tasks import collection as collection_tasks
 from ._collection_files import read_coseg, read_entries, read_record
 from ._collection_session import CollectionSession, Cosegmentation, Entry, LabelSet, PointSet
-from ._engines import get_engine, loaded_engine_keys
+from ._engines import get_engine, get_scheduler, loaded_engine_keys
 
 Progress = Callable[[str, float], None]
 CancelCheck = Callable[[], bool]
@@ -44,6 +44,10 @@ class LoadRequest:
     store_dir : Path
     settings : dict
         Model settings (model, device, layers, timestep, seed).
+    fill_plan : list
+        Receives the store's size estimate before anything is computed.
+    scheduler : str
+        Where the work runs: ``none``, ``local``, ``local:N`` or a Dask address.
     """
 
     kind: str
@@ -54,6 +58,7 @@ class LoadRequest:
     store_dir: Path
     settings: dict[str, Any]
     fill_plan: list = field(default_factory=list)
+    scheduler: str = "none"
 
 
 def _engine(settings: dict[str, Any], progress: Progress, cancel: CancelCheck):
@@ -86,10 +91,12 @@ def load_collection(request: LoadRequest, progress: Progress, cancel: CancelChec
     images = collection_tasks.collect_images(
         request.sources, request.names, progress=progress, cancel=cancel
     )
+    scheduler = get_scheduler(request.scheduler, settings["model"], settings["device"])
     report = collection_tasks.fill_store(
         store,
         images,
         engine,
+        scheduler=scheduler,
         on_plan=request.fill_plan.append,
         progress=progress,
         cancel=cancel,
@@ -105,6 +112,7 @@ def load_collection(request: LoadRequest, progress: Progress, cancel: CancelChec
         model=settings,
     )
     session.store, session.backend = store, _backend(engine)
+    session.scheduler = scheduler
     session.tiny = bool(getattr(engine, "is_tiny", False))
     return session, report
 
@@ -128,6 +136,7 @@ def propose(
         labels=painted or None,
         targets=list(targets),
         names=session.names,
+        scheduler=session.scheduler,
         backend=session.backend,
         pixel_labels=False,
         progress=progress,
@@ -180,6 +189,7 @@ def cosegment(
         session.keys,
         names=session.names,
         threshold=threshold,
+        scheduler=session.scheduler,
         backend=session.backend,
         pixel_labels=False,
         progress=progress,

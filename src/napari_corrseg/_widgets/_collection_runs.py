@@ -68,9 +68,13 @@ class CollectionRuns:
         return False
 
     def _load_request(self) -> J.LoadRequest:
+        from ..tasks.distributed import parse_scheduler
+
         kind = self.form.source_kind.value
         settings = self.settings.values()
         store_dir = self.form.store.value or default_store_dir()
+        scheduler = self.form.compute_on.value.strip() or "none"
+        parse_scheduler(scheduler)  # a malformed value is said now, before any work
         if kind == "folder":
             folder = self.form.folder.value
             if folder is None:
@@ -79,7 +83,9 @@ class CollectionRuns:
             if len(paths) < 2:
                 raise CorrsegError(f"folder {folder} holds one image; a collection needs two")
             origin = {"kind": "folder", "folder": str(folder)}
-            return J.LoadRequest(kind, paths, None, None, origin, store_dir, settings)
+            request = J.LoadRequest(kind, paths, None, None, origin, store_dir, settings)
+            request.scheduler = scheduler
+            return request
         if kind == "layers":
             layers = [layer for layer in self.viewer.layers if layer in self.form.images.value]
             if len(layers) < 2:
@@ -100,6 +106,7 @@ class CollectionRuns:
         placements = [(tuple(map(float, s)), tuple(map(float, t))) for s, t in placements]
         origin = {"kind": kind, "layers": [layer.name for layer in layers]}
         request = J.LoadRequest(kind, planes, names, placements, origin, store_dir, settings)
+        request.scheduler = scheduler
         request.origin["input_layers"] = layers
         return request
 

@@ -193,6 +193,7 @@ class CollectionSession:
         self.saved_to: str | None = None
         self.store: Any = None  # the open TokenStore
         self.backend: Any = None  # attention backend of the engine, if one is loaded
+        self.scheduler: Any = None  # the Dask scheduler the work runs on (None: in process)
         self.tiny = False  # made by the tiny random model: results are not semantic
         self.changes = 0  # counts every change; saving records the count
         self.saved_changes = 0

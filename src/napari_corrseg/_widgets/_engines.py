@@ -197,3 +197,47 @@ def maps_for_images(
         maps.settings.setdefault("tiny_model", True)
     MAPS_CACHE.put(key, maps)
     return maps
+
+
+# -- the Dask scheduler of the Collection dock, kept between runs like the engine --------
+
+_SCHEDULER: dict[tuple[str, str, str], Any] = {}
+
+
+def get_scheduler(text: str, model: str, device: str):
+    """The Dask scheduler for ``--scheduler``-style ``text`` with ``model`` loaded once
+    per worker: kept, or started now (None for ``none``). Only one is kept; asking for
+    another closes the old one.
+
+    Raises
+    ------
+    napari_corrseg.tasks.distributed.SchedulerError
+        A malformed ``text`` or a cluster that cannot be reached, with the fix.
+    """
+    from ..tasks.distributed import EngineSpec, open_scheduler, parse_scheduler
+
+    spec = parse_scheduler(text)
+    if spec.kind == "none":
+        return None
+    key = (str(text).strip(), str(model), str(device))
+    with _LOCK:
+        scheduler = _SCHEDULER.get(key)
+        if scheduler is not None:
+            return scheduler
+        old = list(_SCHEDULER.values())
+        _SCHEDULER.clear()
+    for running in old:
+        running.close()
+    scheduler = open_scheduler(spec, EngineSpec(model=model, device=device), device=device)
+    with _LOCK:
+        _SCHEDULER[key] = scheduler
+    return scheduler
+
+
+def close_scheduler() -> None:
+    """Close the kept Dask scheduler, if any (its workers and their models go)."""
+    with _LOCK:
+        old = list(_SCHEDULER.values())
+        _SCHEDULER.clear()
+    for running in old:
+        running.close()

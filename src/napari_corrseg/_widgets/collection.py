@@ -13,6 +13,7 @@ in a worker (`_collection_jobs`); the state is a `_collection_session.Collection
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -37,6 +38,7 @@ from ._collection_views import (
     view_plan,
 )
 from ._dock import DockWidget
+from ._engines import close_scheduler
 from ._messages import PREFIX
 from ._plans import Plan
 from ._tags import edited_data, find_result, mark_read, tag_of
@@ -300,7 +302,9 @@ class CollectionWidget(CollectionRuns, DockWidget):
     # -- closing ----------------------------------------------------------------------
 
     def on_close(self) -> None:
-        """Keep an unsaved session: it is saved to a recovery folder (never lost)."""
+        """Keep an unsaved session: it is saved to a recovery folder (never lost). A Dask
+        cluster started for the dock is shut down (off the GUI thread: it takes seconds)."""
+        threading.Thread(target=close_scheduler, name="napari-corrseg dask close").start()
         session = self.session
         if session is None:
             return
