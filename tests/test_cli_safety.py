@@ -59,78 +59,139 @@ def _folder_state(folder):
     return check.status, check.record["settings"]["seed"]
 
 
-def test_sigkilled_match_rerun_leaves_a_whole_run_or_a_marked_folder(
-    run, images, tmp_path, monkeypatch
-):
-    import shutil
+def _visible_writes(run, args, monkeypatch, ignored):
+    """Run the CLI in-process; where each file it made visible went, in order.
 
+    Writes under the ``ignored`` folders (the map cache) are left out.
+    """
     from napari_corrseg.files import atomic
 
-    pair = [images[0], images[1]]
-    earlier = tmp_path / "earlier"
-    assert run("match", *pair, "--out", earlier, "--model", "tiny", "-q")[0] == 0
-    # the seed-1 run in a fresh folder: the reference, and the count of visible writes
     calls = []
     real = atomic._replace
     monkeypatch.setattr(atomic, "_replace", lambda s, d: calls.append(Path(d)) or real(s, d))
-    reference = tmp_path / "seed1"
-    assert run("match", *pair, "--out", reference, "--model", "tiny", "-q", "--seed", 1)[0] == 0
+    code, _, err = run(*args)
     monkeypatch.setattr(atomic, "_replace", real)
-    calls = [c for c in calls if (tmp_path / "cache") not in c.parents]  # not the map cache
-    n_files = len(list((reference / "pair_0_1").iterdir()))
-    assert len(calls) == 2 * n_files + 2  # staged, journal, moved, final run.json
-    matches = {
-        seed: (folder / "pair_0_1" / "matches.csv").read_text()
-        for seed, folder in ((0, earlier), (1, reference))
-    }
-    assert matches[0] != matches[1]
+    assert code == 0, err
+    return [c for c in calls if not any(folder in c.parents for folder in ignored)]
+
+
+def _sigkilled_reruns(earlier, rerun_args, n_writes, tmp_path):
+    """Rerun into copies of ``earlier``, each SIGKILLed at one point; the folders by point.
+
+    An output transaction stages every file, writes the journal, moves every file in and
+    writes the final ``run.json``: ``n_writes`` is twice the file count plus two.
+    """
+    import shutil
+
+    n_files = (n_writes - 2) // 2
+    assert n_files >= 3 and n_writes == 2 * n_files + 2
     points = {
         "during writes": (3, 0),
         "while moving in": (n_files + 4, 0),
-        "before run.json": (len(calls), 0),
-        "after": (0, len(calls)),
+        "before run.json": (n_writes, 0),
+        "after": (0, n_writes),
     }
     environment = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"}
-    seen = {}
+    folders = {}
     for name, (before, after) in points.items():
-        folder = tmp_path / name.replace(" ", "-")
+        folders[name] = folder = tmp_path / name.replace(" ", "-")
         shutil.copytree(earlier, folder)
         done = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                KILL_CHILD,
-                "match",
-                *map(str, pair),
-                "--out",
-                str(folder),
-                "--model",
-                "tiny",
-                "-q",
-                "--seed",
-                "1",
-            ],
+            [sys.executable, "-c", KILL_CHILD, *map(str, rerun_args(folder))],
             env={**environment, "KILL_BEFORE": str(before), "KILL_AFTER": str(after)},
             capture_output=True,
             text=True,
             timeout=300,
         )
         assert done.returncode == -9, done.stderr
+    return folders
+
+
+#: What each kill point leaves: the earlier run whole, a marked folder, or the new run.
+LEFT_BY_EACH_KILL = {
+    "during writes": "earlier",
+    "while moving in": "in progress",
+    "before run.json": "in progress",
+    "after": "new",
+}
+
+
+def test_sigkilled_match_rerun_leaves_a_whole_run_or_a_marked_folder(
+    run, images, tmp_path, monkeypatch
+):
+    pair = [images[0], images[1]]
+
+    def match(folder, seed):
+        return ["match", *pair, "--out", folder, "--model", "tiny", "-q", "--seed", seed]
+
+    earlier = tmp_path / "earlier"
+    assert run(*match(earlier, 0))[0] == 0
+    # the seed-1 run in a fresh folder: the reference, and the count of visible writes
+    reference = tmp_path / "seed1"
+    writes = _visible_writes(run, match(reference, 1), monkeypatch, [tmp_path / "cache"])
+    assert len(writes) == 2 * len(list((reference / "pair_0_1").iterdir())) + 2
+    matches = {
+        seed: (folder / "pair_0_1" / "matches.csv").read_text()
+        for seed, folder in ((0, earlier), (1, reference))
+    }
+    assert matches[0] != matches[1]
+    folders = _sigkilled_reruns(earlier, lambda f: match(f, 1), len(writes), tmp_path)
+    seen = {}
+    for name, folder in folders.items():
         seen[name] = state = _folder_state(folder)
         if state[0] == "complete":  # its files are those of the run its run.json describes
             assert (folder / "pair_0_1" / "matches.csv").read_text() == matches[state[1]]
-    assert seen == {
-        "during writes": ("complete", 0),
-        "while moving in": ("in progress", None),
-        "before run.json": ("in progress", None),
-        "after": ("complete", 1),
-    }
+    run_of = {"earlier": ("complete", 0), "new": ("complete", 1)}
+    assert seen == {n: run_of.get(left, (left, None)) for n, left in LEFT_BY_EACH_KILL.items()}
     for name in ("while moving in", "during writes"):  # and every folder is reusable
-        folder = tmp_path / name.replace(" ", "-")
-        code, _, err = run("match", *pair, "--out", folder, "--model", "tiny", "-q", "--seed", 1)
-        assert code == 0, err
-        assert _folder_state(folder) == ("complete", 1)
-        assert (folder / "pair_0_1" / "matches.csv").read_text() == matches[1]
+        assert run(*match(folders[name], 1))[0] == 0
+        assert _folder_state(folders[name]) == ("complete", 1)
+        assert (folders[name] / "pair_0_1" / "matches.csv").read_text() == matches[1]
+
+
+def test_sigkilled_coseg_rerun_leaves_a_whole_run_or_a_marked_folder(
+    run, images, tmp_path, monkeypatch
+):
+    from napari_corrseg.files.io import check_output_folder
+
+    store = tmp_path / "store"
+
+    def coseg(folder, shown):
+        return ["coseg", *shown, "--out", folder, "--store", store, "--model", "tiny", "-q"]
+
+    earlier = tmp_path / "earlier"  # three images; the rerun has two
+    assert run(*coseg(earlier, images))[0] == 0
+    reference = tmp_path / "two"
+    writes = _visible_writes(
+        run, coseg(reference, images[:2]), monkeypatch, [tmp_path / "cache", store]
+    )
+    kept = ["segments.json", "summary.csv", *(f"labels/{p.stem}.tif" for p in images[:2])]
+    third = f"labels/{images[2].stem}.tif"
+    content = {
+        count: {name: (folder / name).read_bytes() for name in kept}
+        for count, folder in ((3, earlier), (2, reference))
+    }
+    assert content[3]["segments.json"] != content[2]["segments.json"]
+    folders = _sigkilled_reruns(earlier, lambda f: coseg(f, images[:2]), len(writes), tmp_path)
+    seen = {}
+    for name, folder in folders.items():
+        check = check_output_folder(folder)
+        assert check.status in ("complete", "in progress"), (name, check.problems)
+        if check.status == "in progress":
+            seen[name] = ("in progress", None)
+            continue
+        count = len(check.record["images"])
+        seen[name] = ("complete", count)
+        # every file is that of the run its run.json describes, and no other run's
+        assert {n: (folder / n).read_bytes() for n in kept} == content[count]
+        assert (folder / third).is_file() == (count == 3)
+    run_of = {"earlier": ("complete", 3), "new": ("complete", 2)}
+    assert seen == {n: run_of.get(left, (left, None)) for n, left in LEFT_BY_EACH_KILL.items()}
+    for name in ("while moving in", "during writes"):  # and every folder is reusable
+        assert run(*coseg(folders[name], images[:2]))[0] == 0
+        assert check_output_folder(folders[name]).status == "complete"
+        assert not (folders[name] / third).exists()
+        assert {n: (folders[name] / n).read_bytes() for n in kept} == content[2]
 
 
 def test_rerun_with_fewer_targets_removes_and_names_the_old_pairs(run, images, tmp_path):
