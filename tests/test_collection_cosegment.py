@@ -220,3 +220,52 @@ def test_bad_input_is_named():
         cosegment(collection.maps(), threshold="high")
     with pytest.raises(ValueError, match="neighbours has 2 entries for 3 images"):
         cosegment(collection.maps(), neighbours=[[1], [0]])
+
+
+def _dense(scene, replace=None):
+    maps = {(i, i): m for i, m in enumerate(scene.self_maps)}
+    maps.update(scene.cross_maps)
+    maps.update(replace or {})
+    return AttentionMaps(GRID, [nc.ImageGeometry(GRID, GRID)] * len(scene.self_maps), maps)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lambda m: np.full_like(m, np.nan), r"maps\.cross\(0, 1\) contains NaN"),
+        (lambda m: m * 3, r"maps\.cross\(0, 1\) is not row-stochastic"),
+        (lambda m: -m, r"maps\.cross\(0, 1\) has negative entries"),
+    ],
+)
+def test_dense_attention_maps_are_checked_where_they_enter(bad, message):
+    scene = moving_collection(4, GRID, seed=0)
+    with pytest.raises(ValueError, match=message):
+        cosegment(_dense(scene, {(0, 1): bad(scene.cross_maps[(0, 1)])}))
+
+
+def test_one_cosegment_call_checks_each_map_once(monkeypatch):
+    import sys
+
+    from napari_corrseg.core import _validation
+
+    real = _validation.check_attention
+    checked: list[int] = []
+
+    def counting(attention, grid=None, name="attention"):
+        checked.append(id(attention))
+        return real(attention, grid, name)
+
+    for module in list(sys.modules.values()):  # wherever the check was imported by name
+        if module and module.__name__.startswith("napari_corrseg"):
+            if getattr(module, "check_attention", None) is real:
+                monkeypatch.setattr(module, "check_attention", counting)
+    scene = moving_collection(6, GRID, seed=0)
+    given = {id(m) for m in (*scene.self_maps, *scene.cross_maps.values())}
+    for call in (
+        lambda: cosegment(scene.self_maps, scene.cross_maps, GRID),
+        lambda: cosegment(_dense(scene)),
+    ):
+        checked.clear()
+        result = call()
+        assert sorted(checked) == sorted(given)  # every map given, each once, nothing else
+        assert _worst_ari(result, scene.labels) >= 0.95

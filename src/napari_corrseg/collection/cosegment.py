@@ -37,7 +37,13 @@ from ..core.cosegmentation import Cosegmentation, RoundTrips, build_records
 from ..core.maps import AttentionMaps
 from ..core.segmentation import _check_threshold, widest_log_gap
 from .linkage import apply_merges, sparse_average_linkage
-from .links import candidate_partners, dense_from_lists, repair_links, restrict_to_available
+from .links import (
+    candidate_partners,
+    checked_maps,
+    dense_from_lists,
+    repair_links,
+    restrict_to_available,
+)
 from .neighbours import neighbour_graph, owned_edges
 from .segments import ImageSegments, PairEvidence, match_stage, segment_stage
 
@@ -189,7 +195,7 @@ def cosegment(
         grid, or an image without cross maps to any other.
     """
     if isinstance(maps_or_self_maps, AttentionMaps):
-        maps = maps_or_self_maps
+        maps = checked_maps(maps_or_self_maps)
     else:
         maps = dense_from_lists(maps_or_self_maps, cross_maps, grid)
     if maps.n_images < 2:

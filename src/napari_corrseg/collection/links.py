@@ -1,7 +1,8 @@
 """Which pairs of images co-segmentation compares, beyond the neighbour graph.
 
 - `dense_from_lists`: the old call ``cosegment(self_maps, cross_maps, grid)`` as
-  `AttentionMaps`, validated once;
+  `AttentionMaps`; `checked_maps`: every map held in memory validated, once, where it
+  enters (maps formed from queries and keys are softmaxes and need no check);
 - `candidate_partners` and `restrict_to_available`: with maps held in memory, only
   pairs whose two cross maps exist can be compared;
 - `repair_links`: after a first clustering, a segment whose cluster holds one image only
@@ -21,7 +22,13 @@ import numpy as np
 from ..core._validation import check_attention, check_grid
 from ..core.maps import AttentionMaps, ImageGeometry
 
-__all__ = ["candidate_partners", "dense_from_lists", "repair_links", "restrict_to_available"]
+__all__ = [
+    "candidate_partners",
+    "checked_maps",
+    "dense_from_lists",
+    "repair_links",
+    "restrict_to_available",
+]
 
 #: New partners sought per lonely segment.
 REPAIR_PER_SEGMENT = 2
@@ -37,16 +44,38 @@ def dense_from_lists(self_maps, cross_maps, grid) -> AttentionMaps:
         raise ValueError(f"cosegment needs at least 2 images, got {len(self_maps)}")
     if not isinstance(cross_maps, Mapping):
         raise ValueError("cross_maps must be a dict {(i, j): (N, N) map} over ordered pairs")
-    selfs = [check_attention(m, grid, name=f"self_maps[{i}]") for i, m in enumerate(self_maps)]
-    grid = check_grid(grid, selfs[0].shape[0])
-    n_images = len(selfs)
-    maps = {(i, i): m for i, m in enumerate(selfs)}
+    n_images = len(self_maps)
+    maps = {(i, i): m for i, m in enumerate(self_maps)}
     for (i, j), value in cross_maps.items():
         if not (0 <= i < n_images and 0 <= j < n_images):
             raise ValueError(f"cross_maps names the pair {(i, j)}, outside 0..{n_images - 1}")
         if i != j:
-            maps[(i, j)] = check_attention(value, grid, name=f"cross_maps[{(i, j)}]")
+            maps[(i, j)] = value
+    maps = _checked(
+        maps, grid, lambda i, j: f"self_maps[{i}]" if i == j else f"cross_maps[{(i, j)}]"
+    )
+    grid = check_grid(grid, maps[(0, 0)].shape[0])
     return AttentionMaps(grid, [ImageGeometry(grid, grid)] * n_images, maps)
+
+
+def checked_maps(maps: AttentionMaps) -> AttentionMaps:
+    """``maps`` with every map it holds validated by `check_attention`, once.
+
+    Lazy maps are returned as they are: they are softmaxes of queries and keys checked
+    where they entered. Maps renormalised by the check are copies; the caller's arrays
+    are never changed.
+    """
+    if maps.is_lazy:
+        return maps
+    checked = _checked(
+        maps.maps, maps.grid, lambda i, j: f"maps.self({i})" if i == j else f"maps.cross({i}, {j})"
+    )
+    return AttentionMaps(maps.grid, maps.geometries, checked, maps.settings)
+
+
+def _checked(maps: Mapping, grid, name) -> dict:
+    """Every map of ``{(i, j): map}`` through `check_attention`, named by ``name(i, j)``."""
+    return {key: check_attention(value, grid, name=name(*key)) for key, value in maps.items()}
 
 
 def restrict_to_available(maps: AttentionMaps, graph: list[np.ndarray]) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..core.cosegmentation import round_trips
 from ..core.maps import AttentionMaps
-from ..core.segmentation import pool_factor, pool_keys, segment, symmetric_kl
+from ..core.segmentation import pool_factor, pool_keys, segment_checked, symmetric_kl
 from .neighbours import image_descriptor, segment_descriptors
 
 __all__ = ["ImageSegments", "PairEvidence", "match_stage", "min_segment_tokens", "segment_stage"]
@@ -155,7 +155,8 @@ def segment_stage(
         segment of the image.
     """
     attention = maps.self(image)
-    seg = segment(attention, maps.grid, threshold, anchors=anchors)
+    # checked where the maps entered (`checked_maps`), or softmaxes of queries and keys
+    seg = segment_checked(attention, maps.grid, threshold, anchors=anchors)
     labels = (np.asarray(seg.labels) - 1).astype(np.int32)
     labels, profiles = _fold_specks(labels, attention, maps.grid)
     within = symmetric_kl(profiles)

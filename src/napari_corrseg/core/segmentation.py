@@ -255,6 +255,25 @@ def segment(
     else:
         precision = input_precision(a_self)
     attention = check_attention(a_self, grid, name="a_self")
+    return segment_checked(attention, grid, threshold, anchors=anchors, precision=precision)
+
+
+def segment_checked(
+    attention: np.ndarray,
+    grid,
+    threshold: float | str = "auto",
+    *,
+    anchors=None,
+    precision: float | None = None,
+) -> Segmentation:
+    """`segment` of one map that `check_attention` has already validated.
+
+    For callers that validated their maps where they entered (co-segmentation), so that
+    no map is checked twice. ``precision`` is that of the values the map was given in
+    (`input_precision`; default: the map's own dtype).
+    """
+    if precision is None:
+        precision = input_precision(attention)
     h, w = check_grid(grid, attention.shape[0])
     auto = _check_threshold(threshold)
     anchor_index = anchor_tokens((h, w), anchors)
