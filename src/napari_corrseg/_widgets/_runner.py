@@ -89,7 +89,8 @@ class RunControls(Container):
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         lines = self.status.native.fontMetrics().lineSpacing()
-        self.status.native.setMinimumHeight(3 * lines)  # raw Qt: room for a wrapped message
+        # raw Qt: room for a message wrapped on three lines (and the label's own margins)
+        self.status.native.setMinimumHeight(3 * lines + lines // 2)
         buttons = Container(
             widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
         )
