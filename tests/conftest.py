@@ -10,6 +10,8 @@ Fixtures (session-scoped, built once, imported lazily so numpy-only tests stay f
 * ``two_images``: two small different RGB float images as numpy arrays.
 * ``hub_cache``: an empty, offline Hugging Face cache; call it with ``(folder, repo_id)``
   to lay a folder out as a downloaded snapshot at revision ``FAKE_COMMIT``.
+* ``attention_checks``: a list that every `check_attention` call of the package appends
+  the ``id`` of the map it was given to (to show a map is validated once).
 """
 
 from __future__ import annotations
@@ -83,3 +85,22 @@ def hub_cache(tmp_path, monkeypatch):
         shutil.copytree(folder, repo / "snapshots" / FAKE_COMMIT)
 
     return put
+
+
+@pytest.fixture
+def attention_checks(monkeypatch):
+    """``id`` of the map given to each `check_attention` call, wherever it was imported."""
+    from napari_corrseg.core import _validation
+
+    real = _validation.check_attention
+    checked: list[int] = []
+
+    def counting(attention, grid=None, name="attention"):
+        checked.append(id(attention))
+        return real(attention, grid, name)
+
+    for module in list(sys.modules.values()):
+        if module is not None and module.__name__.startswith("napari_corrseg"):
+            if getattr(module, "check_attention", None) is real:
+                monkeypatch.setattr(module, "check_attention", counting)
+    return checked

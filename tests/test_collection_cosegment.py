@@ -243,29 +243,14 @@ def test_dense_attention_maps_are_checked_where_they_enter(bad, message):
         cosegment(_dense(scene, {(0, 1): bad(scene.cross_maps[(0, 1)])}))
 
 
-def test_one_cosegment_call_checks_each_map_once(monkeypatch):
-    import sys
-
-    from napari_corrseg.core import _validation
-
-    real = _validation.check_attention
-    checked: list[int] = []
-
-    def counting(attention, grid=None, name="attention"):
-        checked.append(id(attention))
-        return real(attention, grid, name)
-
-    for module in list(sys.modules.values()):  # wherever the check was imported by name
-        if module and module.__name__.startswith("napari_corrseg"):
-            if getattr(module, "check_attention", None) is real:
-                monkeypatch.setattr(module, "check_attention", counting)
+def test_one_cosegment_call_checks_each_map_once(attention_checks):
     scene = moving_collection(6, GRID, seed=0)
     given = {id(m) for m in (*scene.self_maps, *scene.cross_maps.values())}
     for call in (
         lambda: cosegment(scene.self_maps, scene.cross_maps, GRID),
         lambda: cosegment(_dense(scene)),
     ):
-        checked.clear()
+        attention_checks.clear()
         result = call()
-        assert sorted(checked) == sorted(given)  # every map given, each once, nothing else
+        assert sorted(attention_checks) == sorted(given)  # each map given, once, nothing else
         assert _worst_ari(result, scene.labels) >= 0.95

@@ -69,6 +69,34 @@ def test_points_follow_known_warps():
         assert _within_one_token(proposal.target[visible], pair.true_target[index][visible]).all()
 
 
+def _warped_views(grid=(16, 16)):
+    """Dense maps between a source (image 0) and two warped views of it."""
+    maps = {}
+    for target, warp in enumerate([translation((2.0, -3.0)), scaling(1.15)], start=1):
+        pair = make_pair(grid, warp, temperature=0.7, seed=target, self_attention=False)
+        maps[(0, target)], maps[(target, 0)] = pair.a_st, pair.a_ts
+    return AttentionMaps(grid, [ImageGeometry(grid, grid)] * 3, maps)
+
+
+def test_one_transfer_call_checks_each_map_once(attention_checks):
+    dense = _warped_views()
+    labels = np.zeros((16, 16), np.int32)
+    labels[4:10, 4:10] = 1
+    result = transfer_collection(
+        dense, keypoints={0: [[5.0, 5.0], [8.0, 9.0]]}, labels={0: labels}
+    )
+    assert sorted(result.points) == sorted(result.labels) == [1, 2]
+    # points and labels both read every map; each was validated once, where it entered
+    assert sorted(attention_checks) == sorted(id(m) for m in dense.maps.values())
+
+
+def test_a_bad_dense_map_is_named_where_it_enters():
+    dense = _warped_views()
+    dense.maps[(2, 0)] = np.full_like(dense.maps[(2, 0)], np.nan)
+    with pytest.raises(ValueError, match=r"maps\.cross\(2, 0\) contains NaN"):
+        transfer_collection(dense, keypoints={0: [[5.0, 5.0]]})
+
+
 def _corrupted(collection, bad):
     """Lazy maps where image ``bad`` carries noise instead of its queries and keys."""
     rng = np.random.default_rng(7)

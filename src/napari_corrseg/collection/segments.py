@@ -140,7 +140,8 @@ def segment_stage(
     Parameters
     ----------
     maps : AttentionMaps
-        Lazy or dense; only ``maps.self(image)`` (and, lazy, its keys) are read.
+        Lazy, or dense and checked (`checked_maps`, as `cosegment` passes them); only
+        ``maps.self(image)`` (and, lazy, its keys) are read.
     image : int
         Image index.
     anchors : None, int or (int, int)
@@ -188,7 +189,8 @@ def match_stage(
     Parameters
     ----------
     maps : AttentionMaps
-        Lazy or dense, holding both directions of every link.
+        Lazy, or dense and checked (`checked_maps`, as `cosegment` passes them),
+        holding both directions of every link.
     image : int
         The image that owns the links.
     partners : sequence of int

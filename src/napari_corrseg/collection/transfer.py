@@ -28,9 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core._correspondence_ops import check_points
-from ..core.correspondence import inverse_mapping, transfer_points
-from ..core.cosegmentation import propagate_labels
+from ..core.correspondence import inverse_mapping_checked
+from ..core.cosegmentation import propagate_labels_checked
 from ..core.maps import AttentionMaps
+from ..core.point_query import transfer_points_checked
+from .links import checked_maps
 
 __all__ = [
     "CollectionTransfer",
@@ -135,7 +137,8 @@ def transfer_stage(
     Parameters
     ----------
     maps : AttentionMaps
-        Lazy or dense, holding both directions between the target and each source.
+        Lazy, or dense and checked (`checked_maps`, as `transfer_collection` passes
+        them), holding both directions between the target and each source.
     target : int
         The target image.
     keypoints : mapping
@@ -162,7 +165,7 @@ def transfer_stage(
             marked = np.flatnonzero(~np.isnan(points).any(axis=1))
             if source == target or marked.size == 0:
                 continue
-            moved = transfer_points(
+            moved = transfer_points_checked(
                 points[marked], maps.cross(source, target), maps.cross(target, source), grid
             )
             better = moved.confidence > best.confidence[marked]
@@ -178,9 +181,9 @@ def transfer_stage(
             if source == target:
                 continue
             a_ts, a_st = maps.cross(target, source), maps.cross(source, target)
-            proposed, share = propagate_labels(labels[source], a_ts, grid)
+            proposed, share = propagate_labels_checked(labels[source], a_ts, grid)
             # how well each target token maps onto this source and back
-            support = inverse_mapping(a_ts, a_st, grid).confidence.reshape(grid)
+            support = inverse_mapping_checked(a_ts, a_st, grid, 1.0).confidence.reshape(grid)
             if best_labels is None:
                 best_labels, best_share = proposed.copy(), share.copy()
                 best_support = support.astype(np.float32)
@@ -282,6 +285,7 @@ def transfer_collection(
         On no annotations, an image index outside the maps, keypoints that are not
         ``(P, 2)`` on the grid, or sources listing different numbers of keypoints.
     """
+    maps = checked_maps(maps)
     n_images = maps.n_images
     point_sources = _check_keypoints(keypoints, n_images, maps.grid) if keypoints else {}
     label_sources = {}

@@ -159,10 +159,10 @@ def inverse_mapping(a_st, a_ts, grid, *, cycle_scale: float = 1.0) -> InverseMap
         grid, or if the two maps differ in size.
     """
     a_st, a_ts, grid = check_pair(a_st, a_ts, grid)
-    return _inverse_mapping_checked(a_st, a_ts, grid, cycle_scale)
+    return inverse_mapping_checked(a_st, a_ts, grid, cycle_scale)
 
 
-def _inverse_mapping_checked(
+def inverse_mapping_checked(
     a_st: np.ndarray, a_ts: np.ndarray, grid: tuple[int, int], cycle_scale: float
 ) -> InverseMapping:
     """`inverse_mapping` on maps that `check_pair` has already validated."""
@@ -382,7 +382,7 @@ def match(
     auto = _check_min_confidence(min_confidence)
     a_st, a_ts, checked_grid = check_pair(a_st, a_ts, grid)
     if inverse is None:
-        inverse = _inverse_mapping_checked(a_st, a_ts, checked_grid, cycle_scale)
+        inverse = inverse_mapping_checked(a_st, a_ts, checked_grid, cycle_scale)
     elif tuple(inverse.grid) != checked_grid:
         raise ValueError(
             f"inverse was computed on grid {inverse.grid}, the maps are on {checked_grid}; "

@@ -318,7 +318,14 @@ def propagate_labels(labels_src, a_ts, grid) -> PropagatedLabels:
         ``(h, w)`` in ``[0, 1]``: the winning label's share of the attention.
     """
     a_ts = check_attention(a_ts, grid, name="a_ts")
-    h, w = check_grid(grid, a_ts.shape[0])
+    return propagate_labels_checked(labels_src, a_ts, check_grid(grid, a_ts.shape[0]))
+
+
+def propagate_labels_checked(
+    labels_src, a_ts: np.ndarray, grid: tuple[int, int]
+) -> PropagatedLabels:
+    """`propagate_labels` on a map that `check_attention` has already validated."""
+    h, w = grid
     fractions, values = label_fractions(labels_src, (h, w))
     shares = a_ts @ fractions
     best = np.argmax(shares, axis=1)

@@ -144,9 +144,26 @@ def transfer_points(
     -------
     TransferredPoints
     """
-    a_st, a_ts, (h, w) = check_pair(a_st, a_ts, grid)
+    a_st, a_ts, grid = check_pair(a_st, a_ts, grid)
+    points = check_points(points, grid, name="points")
+    return transfer_points_checked(
+        points, a_st, a_ts, grid, window=window, cycle_scale=cycle_scale
+    )
+
+
+def transfer_points_checked(
+    points: np.ndarray,
+    a_st: np.ndarray,
+    a_ts: np.ndarray,
+    grid: tuple[int, int],
+    *,
+    window: int = 1,
+    cycle_scale: float = 1.0,
+) -> TransferredPoints:
+    """`transfer_points` on maps (`check_pair`) and points (`check_points`) already
+    validated: for callers that checked them where they entered."""
+    h, w = grid
     n = h * w
-    points = check_points(points, (h, w), name="points")
     forward, has_peak = peak_tokens(a_st, (h, w))
     density = np.bincount(forward[has_peak], minlength=n)
     rows, weights = bilinear_rows(points, (h, w))
