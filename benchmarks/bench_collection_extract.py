@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_keeping_notes
+
 RESULTS = Path(__file__).parent / "results" / "collection_extract.md"
 PREDICTION = (
     "Prediction before running: per image a VAE encode (~14 s) plus one early-exited UNet "
@@ -202,9 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     text = _table(results, args.images, apparent, on_disk, fp16, load)
     if not args.tiny:  # the hand-written notes (from "## Notes" on) are kept
-        old = RESULTS.read_text() if RESULTS.is_file() else ""
-        notes = old[old.index("## Notes") :] if "## Notes" in old else ""
-        RESULTS.write_text(text + ("\n" + notes if notes else ""))
+        write_keeping_notes(RESULTS, text)
     print(text)
     return 0
 

@@ -33,6 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+from _random_sd2 import random_components
+from _results import write_keeping_notes
+
 RESULTS = Path(__file__).parent / "results" / "planner.md"
 CASES = ("unet-1", "unet-2", "unet-4", "encode", "cold-2")
 PREDICTION = (
@@ -65,22 +68,16 @@ def run_case(case: str) -> dict:
 
     import numpy as np
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from napari_corrseg.core.images import prepare_image
     from napari_corrseg.engine import Engine, LatentCache
-    from napari_corrseg.engine.models import Components, shipped_config
     from napari_corrseg.engine.planner import estimate_encoder_bytes
     from napari_corrseg.files.latent_cache import latent_key
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(shipped_config("sd2-base", "unet"))
-    vae = AutoencoderKL.from_config(shipped_config("sd2-base", "vae"))
-    scheduler = DDPMScheduler.from_config(shipped_config("sd2-base", "scheduler"))
-    for module in (unet, vae):
-        module.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    identity = {"model": "random-sd2-base", "revision": "bench", "dtype": "float32"}
-    components = Components(unet, vae, scheduler, torch.randn((1, 77, 1024)), identity, 512)
+    components = random_components(512)
+    vae = components.vae
+    for module in (components.unet, vae):
+        module.to(memory_format=torch.channels_last)
     engine = Engine(components, torch.device("cpu"), torch.float32, latent_cache=LatentCache())
     rng = np.random.default_rng(0)
     count = {"encode": 1, "cold-2": 2}.get(case) or int(case.split("-")[1])
@@ -178,13 +175,7 @@ def _write(rows, load_before, load_after) -> None:
         f"Target, estimate within 25 % of the measured peak for unet-1/2/4: "
         f"{'met' if all(within) else 'NOT met'} ({sum(within)} of {len(within)}).",
     ]
-    notes = ""
-    if RESULTS.is_file():
-        text = RESULTS.read_text(encoding="utf-8")
-        if "\n## Notes" in text:
-            notes = text[text.index("\n## Notes") :]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n" + notes, encoding="utf-8")
+    write_keeping_notes(RESULTS, "\n".join(lines))
     print(f"wrote {RESULTS}")
 
 

@@ -38,6 +38,9 @@ import sys
 import time
 from pathlib import Path
 
+from _random_sd2 import random_components
+from _results import write_keeping_notes
+
 RESULTS = Path(__file__).parent / "results" / "throughput.md"
 PREDICTION = (
     "Prediction before running: a 512 px VAE encode ~9-13 s and TAESD ~1.5 s on a quiet "
@@ -47,23 +50,6 @@ PREDICTION = (
     "each added target ~50 % of a lone pair (encode + UNet share of one image; the 40 % "
     "target needs more than batching gives). Peak RSS ~5.5 GiB (3.8 GiB weights)."
 )
-
-
-def _components(image_size: int = 512):
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-    from napari_corrseg.engine.models import Components, shipped_config
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(shipped_config("sd2-base", "unet"))
-    vae = AutoencoderKL.from_config(shipped_config("sd2-base", "vae"))
-    scheduler = DDPMScheduler.from_config(shipped_config("sd2-base", "scheduler"))
-    for module in (unet, vae):
-        module.eval().requires_grad_(False)
-    identity = {"model": "random-sd2-base", "revision": "bench", "dtype": "float32"}
-    embedding = torch.randn((1, 77, 1024))
-    return Components(unet, vae, scheduler, embedding, identity, image_size)
 
 
 def _engine(components, encoder=None):
@@ -114,7 +100,7 @@ def main() -> None:
     from diffusers import AutoencoderTiny
 
     rows = []  # (case, wall, cpu, encodes, passes, note)
-    components = _components()
+    components = random_components()
     torch.manual_seed(1)
     taesd = AutoencoderTiny().eval().requires_grad_(False)
     images = _images(8)
@@ -242,13 +228,7 @@ def _write(rows, settings, plan, rss_weights, rss_star, added, pair_fast, pair_v
         "|---|---|---|",
     ]
     lines += [f"| {name} | {wall:.2f} | {cpu:.2f} |" for name, wall, cpu in settings]
-    notes = ""
-    if RESULTS.is_file():
-        text = RESULTS.read_text(encoding="utf-8")
-        if "\n## Notes" in text:
-            notes = text[text.index("\n## Notes") :]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n" + notes, encoding="utf-8")
+    write_keeping_notes(RESULTS, "\n".join(lines))
     print(f"wrote {RESULTS}")
 
 
