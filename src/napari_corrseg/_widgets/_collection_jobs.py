@@ -75,6 +75,20 @@ def _backend(engine) -> Any:
     return getattr(engine, "attention_backend", None) if engine is not None else None
 
 
+def _session_on_store(images, store, engine, origin: dict, settings: dict) -> CollectionSession:
+    """A session over ``images`` whose tokens ``store`` holds (geometries read from it)."""
+    session = CollectionSession(
+        images,
+        [store.geometry(key) for key in images.keys],
+        store_path=str(store.path),
+        store_settings=store.settings,
+        origin=origin,
+        model=settings,
+    )
+    session.store, session.backend = store, _backend(engine)
+    return session
+
+
 def load_collection(request: LoadRequest, progress: Progress, cancel: CancelCheck):
     """Fill the token store with the collection's images; returns ``(session, report)``."""
     settings = request.settings
@@ -101,17 +115,8 @@ def load_collection(request: LoadRequest, progress: Progress, cancel: CancelChec
         progress=progress,
         cancel=cancel,
     )
-    geometries = [store.geometry(key) for key in images.keys]
     origin = {**request.origin, "placements": request.placements}
-    session = CollectionSession(
-        images,
-        geometries,
-        store_path=str(store.path),
-        store_settings=store.settings,
-        origin=origin,
-        model=settings,
-    )
-    session.store, session.backend = store, _backend(engine)
+    session = _session_on_store(images, store, engine, origin, settings)
     session.scheduler = scheduler
     session.tiny = bool(getattr(engine, "is_tiny", False))
     return session, report
@@ -279,21 +284,12 @@ def open_session(
         collection_tasks.fill_store(store, images, engine, progress=progress, cancel=cancel)
     elif (settings["model"], settings["device"]) in loaded_engine_keys():
         engine = get_engine(settings["model"], settings["device"])
-    geometries = [store.geometry(key) for key in images.keys]
     origin = {**record["origin"], "placements": placements}
-    session = CollectionSession(
-        images,
-        geometries,
-        store_path=str(store.path),
-        store_settings=store.settings,
-        origin=origin,
-        model=settings,
-    )
-    session.entries = read_entries(folder, record, geometries)
-    session.coseg = read_coseg(folder, record, geometries)
+    session = _session_on_store(images, store, engine, origin, settings)
+    session.entries = read_entries(folder, record, session.geometries)
+    session.coseg = read_coseg(folder, record, session.geometries)
     session.n_keypoints = int(record.get("n_keypoints", 0))
     session.current = min(max(int(record.get("current", 0)), 0), len(session) - 1)
-    session.store, session.backend = store, _backend(engine)
     session.tiny = bool(settings.get("model") == "tiny")
     session.saved_to = str(folder)
     progress("open", 1.0)

@@ -277,11 +277,7 @@ class RunControls(Container):
         else:
             outcome = "warned" if plan.warnings else "done"
             self.status.value = plan.summary
-            for warning in plan.warnings:
-                show_warning(f"{PREFIX}: {warning}")
-            kept = report.kept_message()
-            if kept:
-                show_info(f"{PREFIX}: {kept}")
+            _tell(plan, report)
         self.last_outcome = outcome
         self._set_busy(False, success=outcome in ("done", "warned"))
         self.events.idle.emit(outcome)
@@ -345,11 +341,7 @@ class RunControls(Container):
                     plan.on_shown(report)
                 if plan.summary != self.status.value:
                     self.status.value = plan.summary
-                for warning in plan.warnings:
-                    show_warning(f"{PREFIX}: {warning}")
-                kept = report.kept_message()
-                if kept:
-                    show_info(f"{PREFIX}: {kept}")
+                _tell(plan, report)
             self._after_refresh()
 
         self.applier.apply(plan, shown)
@@ -422,3 +414,12 @@ class RunControls(Container):
             self.events.idle.emit("closed")
         except RuntimeError:  # Qt already deleted it: the application is closing
             pass
+
+
+def _tell(plan: Plan, report: ApplyReport) -> None:
+    """Notify a shown plan's warnings, and the layers kept because the user changed them."""
+    for warning in plan.warnings:
+        show_warning(f"{PREFIX}: {warning}")
+    kept = report.kept_message()
+    if kept:
+        show_info(f"{PREFIX}: {kept}")
