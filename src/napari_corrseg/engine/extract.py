@@ -200,6 +200,16 @@ class Engine(QueryKeyMixin):
         timesteps = torch.full((latents.shape[0],), int(timestep), device=latents.device)
         return self.scheduler.add_noise(latents, noise, timesteps)
 
+    def recorded_pass(self, noisy: torch.Tensor, timestep: int, recorder) -> None:
+        """One UNet pass over ``noisy`` at ``timestep`` with ``recorder`` attached, stopped
+        by its early exit once it holds every chosen layer."""
+        steps = torch.full((noisy.shape[0],), int(timestep), device=self.device)
+        with self._lock, recorder.attached(self.unet):  # processors are per model
+            try:
+                self.unet(noisy, steps, encoder_hidden_states=self.prompt_embeddings(len(noisy)))
+            except EarlyExit:
+                pass
+
     # -- the main job -------------------------------------------------------------
 
     @torch.inference_mode()
@@ -309,14 +319,7 @@ class Engine(QueryKeyMixin):
                     progress and progress("forward", done + 0.9 * f / plan.n_passes)
                 ),
             )
-            timesteps = torch.full((len(batch),), int(timestep), device=self.device)
-            with self._lock, recorder.attached(self.unet):  # processors are per model
-                try:
-                    self.unet(
-                        noisy, timesteps, encoder_hidden_states=self.prompt_embeddings(len(batch))
-                    )
-                except EarlyExit:
-                    pass
+            self.recorded_pass(noisy, timestep, recorder)
             del noisy
         per_side = maps_from_store(store, chosen, n_images, pair_list, partition=partition)
         report("forward", 1.0)

@@ -24,7 +24,6 @@ from ..core.maps import AttentionMaps, ImageGeometry
 from ..errors import Cancelled, InputImageError
 from .capture import (
     CHUNK_ELEMENTS,
-    EarlyExit,
     LayerInfo,
     QueryKeyRecorder,
     accumulate_attention,
@@ -319,14 +318,7 @@ class QueryKeyMixin:
             recorder = QueryKeyRecorder(
                 chosen, list(range(len(batch))), kept, scale_queries=False, cancel=cancel
             )
-            steps = torch.full((len(batch),), int(timestep), device=self.device)
-            with self._lock, recorder.attached(self.unet):
-                try:
-                    self.unet(
-                        noisy, steps, encoder_hidden_states=self.prompt_embeddings(len(batch))
-                    )
-                except EarlyExit:
-                    pass
+            self.recorded_pass(noisy, timestep, recorder)
             del noisy, latents
             missing = [layer.name for layer in chosen if layer.name not in kept]
             if missing:

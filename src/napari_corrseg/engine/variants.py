@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from ..core.maps import AttentionMaps, ImageGeometry
-from .capture import EarlyExit, LayerInfo, QueryKeyRecorder, maps_from_store
+from .capture import LayerInfo, QueryKeyRecorder, maps_from_store
 from .extract import Engine, _check_pairs, _combine_resolutions
 from .partition import PARTITIONS, check_partition
 from .planner import plan_passes
@@ -107,14 +107,7 @@ def extract_variants(
     for batch in plan.batches:
         noisy = engine.add_noise(latents[batch[0] : batch[-1] + 1], timestep, seed)
         recorder = QueryKeyRecorder(union, batch, store)
-        steps = torch.full((len(batch),), int(timestep), device=engine.device)
-        with engine._lock, recorder.attached(engine.unet):
-            try:
-                engine.unet(
-                    noisy, steps, encoder_hidden_states=engine.prompt_embeddings(len(batch))
-                )
-            except EarlyExit:
-                pass
+        engine.recorded_pass(noisy, timestep, recorder)
     out = {}
     for name, partition in variants:
         layers = chosen[name]
