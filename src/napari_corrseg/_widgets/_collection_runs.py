@@ -18,6 +18,7 @@ from qtpy.QtCore import QTimer
 
 from ..errors import CorrsegError
 from ..tasks.collection import list_image_files
+from ..tasks.collection_inputs import distinct_names
 from . import _collection_jobs as J
 from . import _layers as L
 from ._collection_files import save_session
@@ -31,16 +32,9 @@ from ._tags import tag_of
 
 def safe_names(names: list[str]) -> list[str]:
     """Layer names made usable as file names, each once (``a``, ``a-2``...)."""
-    out, used = [], set()
-    for name in names:
-        stem = re.sub(r"[^\w.\- ]+", "_", str(name)).strip(" .") or "image"
-        candidate, n = stem, 1
-        while candidate in used:
-            n += 1
-            candidate = f"{stem}-{n}"
-        used.add(candidate)
-        out.append(candidate)
-    return out
+    return distinct_names(
+        re.sub(r"[^\w.\- ]+", "_", str(name)).strip(" .") or "image" for name in names
+    )
 
 
 class CollectionRuns:

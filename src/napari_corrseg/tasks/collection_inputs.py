@@ -7,7 +7,7 @@ torch nor Qt.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ __all__ = [
     "CollectionImages",
     "checked_progress",
     "collect_images",
+    "distinct_names",
     "list_image_files",
     "unique_names",
 ]
@@ -82,16 +83,20 @@ def list_image_files(inputs: Sequence[str | Path]) -> list[Path]:
 
 def unique_names(paths: Sequence[str | Path]) -> list[str]:
     """File stems, made unique (``a``, ``a-2``, ...), for naming per-image outputs."""
-    names, used = [], set()
-    for path in paths:
-        stem = Path(path).stem or "image"
+    return distinct_names(Path(path).stem or "image" for path in paths)
+
+
+def distinct_names(names: Iterable[str]) -> list[str]:
+    """``names`` with repeats numbered (``a``, ``a-2``, ...), so that each is used once."""
+    out, used = [], set()
+    for stem in names:
         name, n = stem, 1
         while name in used:
             n += 1
             name = f"{stem}-{n}"
         used.add(name)
-        names.append(name)
-    return names
+        out.append(name)
+    return out
 
 
 @dataclasses.dataclass
